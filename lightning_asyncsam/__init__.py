@@ -1,0 +1,23 @@
+"""AsyncSAM for PyTorch Lightning: SAM's accuracy at SGD's wall-clock.
+
+``import lightning_asyncsam`` registers the strategy names ``"asyncsam"`` and ``"sam"`` (and their
+``_spawn``, ``_fork`` and ``_notebook`` variants) with Lightning, so that
+``Trainer(strategy="asyncsam")`` works on an unchanged LightningModule.
+"""
+
+from lightning_asyncsam.callback import AsyncSAMCallback
+from lightning_asyncsam.strategy import AsyncSAMStrategy, SAMStrategy, SharpnessAwareStrategy, register_all
+from lightning_asyncsam.worker import AscentWorkerError
+
+__version__ = "0.1.0"
+
+register_all()
+
+__all__ = [
+    "AscentWorkerError",
+    "AsyncSAMCallback",
+    "AsyncSAMStrategy",
+    "SAMStrategy",
+    "SharpnessAwareStrategy",
+    "__version__",
+]

@@ -1,0 +1,202 @@
+"""Shared-memory buffers through which the main process and the ascent worker exchange tensors.
+
+They are allocated once, before the worker starts, and handed to it at spawn time (torch passes
+shared storage as file descriptors). After that, a training step moves no tensor through a pipe
+and pickles nothing but a short control tuple: the main process copies into these buffers and the
+worker copies out of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+
+@dataclass(frozen=True)
+class _Slot:
+    group: int
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class FlatTensors:
+    """A list of tensors laid out in a few flat shared-memory buffers, one per dtype.
+
+    ``views()`` returns tensors shaped like the originals that alias the flat storage, so a single
+    ``torch._foreach_copy_`` publishes all of them.
+
+    Args:
+        like: tensors giving the shapes and dtypes (their values are copied in).
+
+    Example::
+
+        >>> flat = FlatTensors([torch.ones(2, 2), torch.zeros(3, dtype=torch.int64)])
+        >>> [tuple(v.shape) for v in flat.views()]
+        [(2, 2), (3,)]
+        >>> flat.views()[0].is_shared()
+        True
+    """
+
+    def __init__(self, like: Sequence[Tensor]) -> None:
+        dtypes: list[torch.dtype] = []
+        slots: list[_Slot] = []
+        sizes: list[int] = []
+        for t in like:
+            if t.dtype not in dtypes:
+                dtypes.append(t.dtype)
+                sizes.append(0)
+            g = dtypes.index(t.dtype)
+            slot = _Slot(g, sizes[g], tuple(t.shape))
+            sizes[g] += slot.numel
+            slots.append(slot)
+        self._slots = slots
+        self._flats = [torch.zeros(max(n, 1), dtype=d).share_memory_() for d, n in zip(dtypes, sizes)]
+        self._views: list[Tensor] | None = None
+        self._pinned = False
+        if like:
+            self.copy_from(like)
+
+    def views(self) -> list[Tensor]:
+        if self._views is None:
+            self._views = [self._flats[s.group][s.offset : s.offset + s.numel].view(s.shape) for s in self._slots]
+        return self._views
+
+    @torch.no_grad()
+    def copy_from(self, tensors: Sequence[Tensor]) -> None:
+        """Write ``tensors`` into the buffers (device-to-host where they live on a GPU)."""
+        if self._slots:
+            torch._foreach_copy_(self.views(), list(tensors), non_blocking=self._pinned)
+
+    @torch.no_grad()
+    def copy_to(self, tensors: Sequence[Tensor]) -> None:
+        """Write the buffers into ``tensors`` (host-to-device where they live on a GPU)."""
+        if self._slots:
+            torch._foreach_copy_(list(tensors), self.views(), non_blocking=self._pinned)
+
+    def flat(self) -> list[Tensor]:
+        """Plain (non-shared) copies of the flat buffers, for checkpoints."""
+        return [f.clone() for f in self._flats]
+
+    def load_flat(self, flats: Sequence[Tensor]) -> None:
+        if len(flats) != len(self._flats) or any(a.shape != b.shape for a, b in zip(flats, self._flats)):
+            raise ValueError(
+                "ascent state in the checkpoint does not match this model: "
+                f"got buffers of shapes {[tuple(f.shape) for f in flats]}, "
+                f"expected {[tuple(f.shape) for f in self._flats]}"
+            )
+        for dst, src in zip(self._flats, flats):
+            dst.copy_(src)
+
+    def pin(self) -> None:
+        """Page-lock the buffers so that copies to and from a GPU run asynchronously.
+
+        The memory stays shared with the worker: CUDA registers the existing pages instead of
+        allocating new pinned ones. Only the main process calls this, and only with a CUDA device.
+        """
+        if self._pinned or not torch.cuda.is_available():
+            return
+        cudart = torch.cuda.cudart()
+        for f in self._flats:
+            err = cudart.cudaHostRegister(f.data_ptr(), f.numel() * f.element_size(), 0)
+            if int(err) != 0:
+                return
+        self._pinned = True
+
+    def unpin(self) -> None:
+        if self._pinned:
+            cudart = torch.cuda.cudart()
+            for f in self._flats:
+                cudart.cudaHostUnregister(f.data_ptr())
+            self._pinned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
+        return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False}
+
+
+class BatchSlot:
+    """Shared buffers shaped like the first ``capacity`` samples of a training batch.
+
+    A batch is any pytree (tensor, tuple, list, dict) of tensors and other objects. Tensors whose
+    first dimension is the batch size get a shared buffer; everything else travels in the layout,
+    which is pickled only when it changes (a new shape, dtype or constant leaf).
+
+    Args:
+        capacity: the number of samples to make room for at first; it grows to the largest batch seen
+            (the descent batch size b), so a changing b' never reallocates.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = max(1, capacity)
+        self._key: Any = None
+        self._buffers: list[Tensor | None] = []
+        self.layout: tuple[TreeSpec, list[Any], list[Tensor | None]] | None = None
+
+    @staticmethod
+    def batch_size(batch: Any) -> int:
+        """The number of samples in ``batch``: the first dimension of its first tensor."""
+        for leaf in tree_flatten(batch)[0]:
+            if isinstance(leaf, Tensor) and leaf.dim() > 0:
+                return int(leaf.shape[0])
+        raise ValueError(
+            "AsyncSAM could not find the batch size: the training batch has no tensor with a batch dimension"
+        )
+
+    @torch.no_grad()
+    def write(self, batch: Any, n: int) -> bool:
+        """Copy the first ``n`` samples of ``batch`` into the buffers.
+
+        Returns:
+            True when the layout changed, so that the caller must send ``self.layout`` to the worker.
+        """
+        leaves, spec = tree_flatten(batch)
+        size = self.batch_size(batch)
+        self.capacity = max(self.capacity, size)
+        key = (spec, self.capacity, tuple(self._leaf_key(x, size) for x in leaves))
+        changed = key != self._key
+        if changed:
+            buffers: list[Tensor | None] = []
+            constants: list[Any] = []
+            for x in leaves:
+                if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == size:
+                    buffers.append(torch.empty((self.capacity, *x.shape[1:]), dtype=x.dtype).share_memory_())
+                    constants.append(None)
+                else:
+                    buffers.append(None)
+                    constants.append(x.detach().cpu() if isinstance(x, Tensor) else x)
+            self._key, self._buffers = key, buffers
+            self.layout = (spec, constants, buffers)
+        for x, buf in zip(leaves, self._buffers):
+            if buf is not None:
+                buf[:n].copy_(x[:n])
+        return changed
+
+    @staticmethod
+    def _leaf_key(x: Any, size: int) -> Any:
+        if isinstance(x, Tensor):
+            batched = x.dim() > 0 and x.shape[0] == size
+            return ("t", x.dtype, tuple(x.shape[1:]) if batched else tuple(x.shape), batched)
+        try:
+            hash(x)
+            return ("c", x)
+        except TypeError:
+            return ("c", id(x))
+
+
+def read_batch(layout: tuple[TreeSpec, list[Any], list[Tensor | None]], n: int, device: torch.device) -> Any:
+    """Rebuild the first ``n`` samples of a batch from a :class:`BatchSlot` layout (worker side)."""
+    spec, constants, buffers = layout
+    leaves = [c if b is None else b[:n].to(device) for c, b in zip(constants, buffers)]
+    return tree_unflatten(leaves, spec)

@@ -1,0 +1,479 @@
+"""``SAMStrategy`` and ``AsyncSAMStrategy``: sharpness-aware training as Lightning strategies.
+
+Both perturb the weights around the user's unchanged ``training_step``:
+
+* the perturbation is applied at the start of :meth:`training_step`, outside the precision
+  plugin's autocast context, under ``torch.no_grad()``;
+* the weights are restored, by copying a backup, in :meth:`post_backward`, so that gradient
+  clipping, ``on_before_optimizer_step`` and ``optimizer.step()`` see the original weights w_t
+  with the descent gradient taken at the perturbed point;
+* both points sit inside Lightning's closure, so every accumulation micro-batch is perturbed and
+  restored, and :meth:`optimizer_step` restores as a safety net when a step skipped its backward.
+
+They differ in where the ascent direction comes from: SAM computes it synchronously on the same
+batch (two passes per step); AsyncSAM takes it, one step stale, from a worker process that ran
+concurrently with the previous step (Algorithm 1 of Jo, Lim, Lee).
+
+Both are :class:`~lightning.pytorch.strategies.DDPStrategy` subclasses so that they run on 1..N
+devices like ``"ddp"``. With a single process they skip the process group, the DDP wrapper and
+the launcher entirely, so one-device runs pay nothing for DDP and work in notebooks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+import lightning.pytorch as pl
+from lightning_asyncsam.functional import perturb_, restore_
+from lightning_asyncsam.lookahead import LookaheadLoader
+from lightning_asyncsam.worker import AscentWorker, ascent_loss
+
+AscentData = Literal["previous", "next"]
+_START_METHODS = {"": "popen", "_spawn": "spawn", "_fork": "fork", "_notebook": "fork"}
+
+
+def _check_rho(rho: float) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
+        raise ValueError(f"rho={rho!r} is not allowed: the perturbation radius must be a finite number > 0")
+    return float(rho)
+
+
+class SharpnessAwareStrategy(DDPStrategy):
+    """Shared machinery: which weights are perturbed, perturb/restore, and single-process mode.
+
+    Subclasses provide :meth:`_ascent_direction`, the direction d in ``w + rho * d / ||d||``.
+
+    Args:
+        rho: the perturbation radius r of Eq. 3.
+        start_method: how to launch several processes: ``"popen"`` (like ``"ddp"``),
+            ``"spawn"`` or ``"fork"`` (notebooks). Ignored with a single process.
+        **kwargs: passed on to :class:`~lightning.pytorch.strategies.DDPStrategy`.
+    """
+
+    def __init__(self, rho: float = 0.05, start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+                 **kwargs: Any) -> None:
+        super().__init__(start_method=start_method, **kwargs)
+        self.rho = _check_rho(rho)
+        self._params: list[Tensor] = []
+        self._backup: list[Tensor] = []
+        self._perturbed = False
+        self.perturb_ms = 0.0
+
+    # ----------------------------------------------------------------- single-process mode
+    @property
+    def _single_process(self) -> bool:
+        return self.num_nodes * self.num_processes <= 1
+
+    @override
+    def _configure_launcher(self) -> None:
+        if self._single_process:
+            self._launcher = None
+            return
+        super()._configure_launcher()
+
+    @override
+    def setup_distributed(self) -> None:
+        if self._single_process:
+            self.set_world_ranks()
+            module = self.lightning_module
+            if module is not None and module._trainer is not None:
+                # A DDPStrategy makes Lightning swap in a shuffling DistributedSampler, even for one process.
+                # One process needs no sampler of ours: keep the user's data order, as "auto" would.
+                module._trainer._accelerator_connector.use_distributed_sampler = False
+            return
+        super().setup_distributed()
+
+    @override
+    def configure_ddp(self) -> None:
+        if self._single_process:
+            return
+        super().configure_ddp()
+
+    # ----------------------------------------------------------------- the perturbed weights
+    @override
+    def setup(self, trainer: "pl.Trainer") -> None:
+        super().setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._params = self._trainable_params()
+            self._backup = [torch.empty_like(p) for p in self._params]
+
+    def _trainable_params(self) -> list[Tensor]:
+        """The parameters the optimizers update: the ones Eq. 3's global norm runs over."""
+        seen: set[int] = set()
+        params: list[Tensor] = []
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.requires_grad and id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        if not params:
+            module = self.lightning_module
+            raise ValueError(
+                f"{type(self).__name__}: the module {type(module).__name__} has no trainable parameters in its "
+                "optimizers; SAM needs at least one parameter with requires_grad=True"
+            )
+        return params
+
+    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        """The direction to perturb along for this micro-batch, or None to leave the weights alone."""
+        raise NotImplementedError
+
+    def _perturb(self, direction: Sequence[Tensor]) -> None:
+        start = time.perf_counter()
+        perturb_(self._params, direction, self.rho, self._backup)
+        self._perturbed = True
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    def _restore(self) -> None:
+        if self._perturbed:
+            start = time.perf_counter()
+            restore_(self._params, self._backup)
+            self._perturbed = False
+            self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        self._restore()  # a previous micro-batch that skipped its backward left the weights perturbed
+        batch, batch_idx = (list(args) + [kwargs.get("batch"), kwargs.get("batch_idx", 0)])[:2]
+        direction = self._ascent_direction(batch, batch_idx)
+        if direction is not None:
+            self._perturb(direction)
+        try:
+            out = super().training_step(*args, **kwargs)
+        except BaseException:
+            self._restore()
+            raise
+        module = self.lightning_module
+        if out is None or (module is not None and not module.automatic_optimization):
+            # No backward follows (skipped step), or it already ran inside a manual training_step.
+            self._restore()
+        return out
+
+    @override
+    def post_backward(self, closure_loss: Tensor) -> None:
+        super().post_backward(closure_loss)
+        self._restore()
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
+                       model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
+        def restoring_closure() -> Any:
+            try:
+                return closure()
+            finally:
+                self._restore()
+
+        return super().optimizer_step(optimizer, restoring_closure, model, **kwargs)
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self._restore()
+        super().on_exception(exception)
+
+    def _check_loss_source(self) -> None:
+        module = self.lightning_module
+        if module is not None and not module.automatic_optimization and not callable(getattr(module, "ascent_loss", None)):
+            raise ValueError(
+                f"{type(self).__name__}: {type(module).__name__} uses manual optimization, so its training_step "
+                "cannot serve as the ascent loss; define `ascent_loss(self, batch) -> Tensor` on the module"
+            )
+
+
+@contextmanager
+def _no_logging(module: LightningModule) -> Any:
+    """Silence ``self.log`` while the ascent pass reruns the user's training_step."""
+    module.__dict__["log"] = lambda *a, **k: None
+    module.__dict__["log_dict"] = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        module.__dict__.pop("log", None)
+        module.__dict__.pop("log_dict", None)
+
+
+class SAMStrategy(SharpnessAwareStrategy):
+    """Synchronous SAM (Foret et al.): ascent and descent on the same batch, two passes per step.
+
+    The baseline of Table 4.1. For each (micro-)batch B_t: g = grad L(w_t; B_t); the descent
+    forward and backward run at ``w_t + rho * g / ||g||``; the weights are restored to w_t before
+    clipping and the optimizer step. The ascent pass reruns the module's ``training_step`` with
+    logging silenced (or its ``ascent_loss(batch)`` when defined) and takes its gradient with
+    ``torch.autograd.grad``, so ``.grad`` only ever holds the descent gradient.
+
+    Args:
+        rho: the perturbation radius.
+        **kwargs: see :class:`SharpnessAwareStrategy`.
+
+    Example::
+
+        >>> import lightning as L
+        >>> trainer = L.Trainer(strategy=SAMStrategy(rho=0.05), accelerator="cpu", devices=1,
+        ...                     logger=False, enable_progress_bar=False, enable_checkpointing=False)
+        >>> trainer.strategy.rho
+        0.05
+    """
+
+    strategy_name = "sam"
+
+    @override
+    def setup(self, trainer: "pl.Trainer") -> None:
+        super().setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._check_loss_source()
+
+    @override
+    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        module = self.lightning_module
+        assert module is not None
+        with torch.enable_grad(), self.precision_plugin.train_step_context(), _no_logging(module):
+            loss = ascent_loss(module, batch, batch_idx)
+        grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        _register(strategy_registry, cls, "sam", "synchronous SAM (two passes per step)")
+
+
+class AsyncSAMStrategy(SharpnessAwareStrategy):
+    """AsyncSAM (Algorithm 1): the ascent gradient comes one step stale from a worker process.
+
+    At step t the worker computes ``g_t = grad L(w_t; A_t)`` on the first b' samples of a batch
+    while the main process descends at ``w_t + rho * g_{t-1} / ||g_{t-1}||`` (Eq. 3, tau = 1).
+    Step 0 is not perturbed. The main process waits for ``g_{t-1}`` only if it is not ready yet
+    and logs that wait as ``asyncsam/wait_ms``.
+
+    Args:
+        rho: the perturbation radius r of Eq. 3.
+        ascent_batch_size: b'. An int in [1, b], a float fraction of b in (0, 1], or ``"auto"``
+            (the system-aware rule of Section 3.3, see :mod:`lightning_asyncsam.autotune`).
+        ascent_device: where the worker computes: ``"cpu"`` or a CUDA device such as ``"cuda:1"``.
+        ascent_threads: torch threads in the worker. None: the cores of this node divided among
+            its ranks, minus one for a GPU-driving main process, or half of them when the main
+            process also computes on the CPU.
+        ascent_data: ``"previous"`` (the paper: A_t is the first b' samples of B_t) or ``"next"``
+            (A_t comes from the first micro-batch of step t+1, read one step ahead, so the
+            perturbation at step t+1 was computed on the batch that step t+1 descends on).
+        **kwargs: see :class:`SharpnessAwareStrategy`.
+
+    Example::
+
+        >>> import lightning as L
+        >>> strategy = AsyncSAMStrategy(rho=0.05, ascent_batch_size=0.25, ascent_threads=1)
+        >>> trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=1, logger=False,
+        ...                     enable_progress_bar=False, enable_checkpointing=False)
+        >>> trainer.strategy.ascent_data
+        'previous'
+    """
+
+    strategy_name = "asyncsam"
+
+    def __init__(
+        self,
+        rho: float = 0.05,
+        ascent_batch_size: int | float | str = "auto",
+        ascent_device: str | torch.device = "cpu",
+        ascent_threads: int | None = None,
+        ascent_data: AscentData = "previous",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rho=rho, **kwargs)
+        self.ascent_batch_size = _check_ascent_batch_size(ascent_batch_size)
+        self.ascent_device = _check_ascent_device(ascent_device)
+        if ascent_threads is not None and (isinstance(ascent_threads, bool) or not isinstance(ascent_threads, int)
+                                           or ascent_threads < 1):
+            raise ValueError(f"ascent_threads={ascent_threads!r} is not allowed: use None or an int >= 1")
+        self.ascent_threads = ascent_threads
+        if ascent_data not in ("previous", "next"):
+            raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper) or 'next'")
+        self.ascent_data: AscentData = ascent_data
+        self.worker: AscentWorker | None = None
+        self.direction: Sequence[Tensor] | None = None
+        self.cpu_batch: Any = None
+        self.lookahead: LookaheadLoader | None = None
+        self._device_direction: list[Tensor] | None = None
+
+    @property
+    def threads(self) -> int:
+        """The worker's torch threads (resolving ``ascent_threads=None``)."""
+        if self.ascent_threads is not None:
+            return self.ascent_threads
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS
+            cores = os.cpu_count() or 1
+        per_rank = max(1, cores // max(1, self.num_processes))
+        return max(1, per_rank // 2) if self.root_device.type == "cpu" else max(1, per_rank - 1)
+
+    # ----------------------------------------------------------------- worker lifecycle
+    @override
+    def connect(self, model: "pl.LightningModule") -> None:
+        super().connect(model)
+        from lightning_asyncsam.callback import AsyncSAMCallback
+
+        trainer = model._trainer
+        if trainer is not None and not any(isinstance(c, AsyncSAMCallback) for c in trainer.callbacks):
+            trainer.callbacks.append(AsyncSAMCallback())
+
+    @override
+    def setup(self, trainer: "pl.Trainer") -> None:
+        super().setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._check_loss_source()
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.close_worker()
+        module = self.lightning_module
+        assert module is not None
+        device = torch.device(self.ascent_device)
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"ascent_device={self.ascent_device!r} is not allowed: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+        self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1)
+        if self.root_device.type == "cuda":
+            self.worker.weights.pin()
+            for g in self.worker.grads:
+                g.pin()
+            self._device_direction = [torch.empty_like(p) for p in self._params]
+        self.worker.start()
+
+    def close_worker(self) -> None:
+        """Stop the worker (safe to call at any time, any number of times)."""
+        worker, self.worker = self.worker, None
+        self.direction = None
+        if worker is not None:
+            worker.close()
+
+    @override
+    def on_train_end(self) -> None:
+        self.close_worker()
+        super().on_train_end()
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self.close_worker()
+        super().on_exception(exception)
+
+    @override
+    def teardown(self) -> None:
+        self.close_worker()
+        self.cpu_batch = None
+        self.lookahead = None
+        super().teardown()
+
+    # ----------------------------------------------------------------- data for the worker
+    @override
+    def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
+        module = self.lightning_module
+        if module is not None and module._trainer is not None and module._trainer.training:
+            # Still on the host: the worker's slice costs no device-to-host copy.
+            self.cpu_batch = batch
+        return super().batch_to_device(batch, device, dataloader_idx)
+
+    @override
+    def process_dataloader(self, dataloader: object) -> object:
+        module = self.lightning_module
+        trainer = module._trainer if module is not None else None
+        if self.ascent_data == "next" and trainer is not None and trainer.training:
+            self.lookahead = LookaheadLoader(dataloader, depth=trainer.accumulate_grad_batches)  # type: ignore[arg-type]
+            return self.lookahead
+        return dataloader
+
+    def next_step_batch(self) -> Any:
+        """The first micro-batch of the next optimizer step, as the training loop will see it on the host.
+
+        None at the last step of an epoch (see :mod:`lightning_asyncsam.lookahead`).
+        """
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        raw = self.lookahead.peek(trainer.accumulate_grad_batches) if self.lookahead is not None else None
+        if raw is None:
+            return None
+        batch = trainer.precision_plugin.convert_input(raw)
+        return self.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
+
+    # ----------------------------------------------------------------- the perturbation
+    def use_gradient(self, grads: Sequence[Tensor] | None) -> None:
+        """Make ``grads`` (host buffers holding g_{t-1}) this step's direction; None: no perturbation."""
+        if grads is None or self._device_direction is None:
+            self.direction = grads
+            return
+        torch._foreach_copy_(self._device_direction, list(grads), non_blocking=True)
+        self.direction = self._device_direction
+
+    @override
+    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        return self.direction
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
+
+
+def _check_ascent_batch_size(value: int | float | str) -> int | float | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if value >= 1:
+            return value
+    elif isinstance(value, float):
+        if 0.0 < value <= 1.0:
+            return value
+    raise ValueError(
+        f"ascent_batch_size={value!r} is not allowed: use 'auto', an int b' with 1 <= b' <= b, "
+        "or a float fraction of b in (0, 1]"
+    )
+
+
+def _check_ascent_device(value: str | torch.device) -> str:
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"ascent_device={value!r} is not allowed: use 'cpu' or a CUDA device such as 'cuda:1'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"ascent_device={value!r} is not allowed: CUDA is not available on this machine; use 'cpu'")
+    return str(device)
+
+
+def _register(registry: Any, cls: type, name: str, what: str) -> None:
+    for suffix, start_method in _START_METHODS.items():
+        registry.register(
+            f"{name}{suffix}",
+            cls,
+            description=f"{what}; multi-process start method '{start_method}'",
+            override=True,
+            start_method=start_method,
+        )
+
+
+def register_all(registry: Any = StrategyRegistry) -> None:
+    """Register ``"sam"``, ``"asyncsam"`` and their ``_spawn``/``_fork``/``_notebook`` variants."""
+    SAMStrategy.register_strategies(registry)
+    AsyncSAMStrategy.register_strategies(registry)
+
+
+__all__ = ["AsyncSAMStrategy", "SAMStrategy", "SharpnessAwareStrategy", "register_all"]

@@ -1,0 +1,320 @@
+"""The ascent worker: a separate OS process that computes AsyncSAM's stale ascent gradient.
+
+The contract, which the tests check:
+
+1. It is started from the ``spawn`` context, so it inherits no CUDA context, no locks and no
+   threads from the trainer, whatever start method the trainer itself was launched with.
+2. It receives only picklable things: the module serialized to bytes (with ``cloudpickle`` so
+   classes defined in a notebook's ``__main__`` travel too), shared-memory buffers, and plain
+   settings. It loads the module with ``map_location=ascent_device``, so it never creates a CUDA
+   context unless ``ascent_device`` is a CUDA device.
+3. It never outlives its trainer: it polls its parent every half second and exits when the
+   parent is gone; :meth:`AscentWorker.close` stops it, then terminates and kills it if needed.
+4. A crash on either side surfaces within seconds: the worker sends its traceback before it
+   exits, and the main process checks the worker's liveness while it waits, raising
+   :class:`AscentWorkerError` that names the worker, its pid and its exit code. Nothing waits
+   without a liveness check, so nothing hangs.
+
+Per step the pipe carries one short tuple each way; the tensors move through shared memory
+(:mod:`lightning_asyncsam.shared_buffers`).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_asyncsam.shared_buffers import BatchSlot, FlatTensors, read_batch
+
+_POLL_S = 0.05
+_PARENT_CHECK_S = 0.5
+
+
+class AscentWorkerError(RuntimeError):
+    """The ascent worker died, failed, or could not be started."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything the worker needs besides the buffers; plain picklable values only."""
+
+    module_bytes: bytes
+    weight_names: tuple[str, ...]
+    grad_names: tuple[str, ...]
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class AscentResult:
+    """What the worker reports for one step."""
+
+    step: int
+    ascent_ms: float
+    grad_norm: float
+    samples: int
+
+
+def serialize_module(module: nn.Module) -> bytes:
+    """Serialize ``module`` for the worker, by value where its class lives in ``__main__``."""
+    try:
+        import cloudpickle as pickle_module
+    except ImportError:  # pragma: no cover - cloudpickle is a dependency
+        import pickle as pickle_module
+    buf = io.BytesIO()
+    torch.save(module, buf, pickle_module=pickle_module)
+    return buf.getvalue()
+
+
+def named_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers by name: the state the worker mirrors each step."""
+    out: dict[str, Tensor] = dict(module.named_parameters())
+    out.update(dict(module.named_buffers()))
+    return out
+
+
+def ascent_loss(module: nn.Module, batch: Any, batch_idx: int) -> Tensor:
+    """The loss whose gradient is the ascent direction.
+
+    A module's own ``ascent_loss(batch)`` wins; otherwise its ``training_step(batch, batch_idx)``,
+    which may return the loss or a mapping holding it under ``"loss"``.
+    """
+    custom = getattr(module, "ascent_loss", None)
+    out = custom(batch) if callable(custom) else module.training_step(batch, batch_idx)  # type: ignore[operator]
+    if isinstance(out, Mapping):
+        out = out.get("loss")
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            "AsyncSAM's ascent worker needs a loss tensor: `training_step` returned "
+            f"{type(out).__name__}. Define `ascent_loss(self, batch) -> Tensor` on the module."
+        )
+    return out
+
+
+def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors]) -> None:
+    """Entry point of the worker process."""
+    try:
+        torch.set_num_threads(spec.threads)
+        # The replica's `self.log` has no trainer to write to; Lightning warns and returns.
+        warnings.filterwarnings("ignore", message=r".*self\.log.*")
+        warnings.filterwarnings("ignore", message=r".*self\.trainer.*")
+        device = torch.device(spec.device)
+        module: nn.Module = torch.load(io.BytesIO(spec.module_bytes), map_location=device, weights_only=False)
+        module.train()
+        tensors = named_tensors(module)
+        mirror = [tensors[n] for n in spec.weight_names]
+        trainable = [tensors[n] for n in spec.grad_names]
+        wanted = {id(p) for p in trainable}
+        for p in module.parameters():
+            p.requires_grad_(id(p) in wanted)
+        layout = None
+        parent = mp.parent_process()
+        conn.send(("ready", os.getpid()))
+        last_check = time.monotonic()
+        while True:
+            if not conn.poll(_PARENT_CHECK_S):
+                if parent is not None and not parent.is_alive():
+                    return
+                continue
+            if time.monotonic() - last_check > _PARENT_CHECK_S:
+                if parent is not None and not parent.is_alive():
+                    return
+                last_check = time.monotonic()
+            msg = conn.recv()
+            kind = msg[0]
+            if kind == "stop":
+                return
+            if kind == "layout":
+                layout = msg[1]
+                continue
+            _, step, n, batch_idx = msg
+            start = time.perf_counter()
+            weights.copy_to(mirror)
+            batch = read_batch(layout, n, device)  # type: ignore[arg-type]
+            for p in trainable:
+                p.grad = None
+            loss = ascent_loss(module, batch, batch_idx)
+            loss.backward()
+            with torch.no_grad():
+                grad = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
+                out = grads[step % 2]
+                out.copy_from(grad)
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
+            conn.send(("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
+    except KeyboardInterrupt:
+        return
+    except BaseException:  # noqa: BLE001 - everything must reach the trainer
+        try:
+            conn.send(("error", traceback.format_exc()))
+        finally:
+            os._exit(1)
+
+
+class AscentWorker:
+    """The main process's handle on one ascent worker.
+
+    Args:
+        module: the model whose loss the worker differentiates (copied, never shared).
+        grad_params: the trainable parameters the optimizer holds, in a fixed order; the worker
+            returns one gradient per entry.
+        device: where the worker computes (``"cpu"`` or e.g. ``"cuda:1"``).
+        threads: torch intra-op threads in the worker.
+        capacity: the largest ascent batch it will be handed.
+
+    Example::
+
+        >>> net = torch.nn.Linear(3, 1)
+        >>> class Loss(torch.nn.Module):
+        ...     pass
+        >>> worker = AscentWorker(net, list(net.parameters()), "cpu", 1, capacity=4)  # doctest: +SKIP
+    """
+
+    def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int) -> None:
+        tensors = named_tensors(module)
+        by_id = {id(t): name for name, t in tensors.items()}
+        missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
+        if missing:
+            raise ValueError(f"AsyncSAM: optimizer parameters {missing} are not parameters of the LightningModule")
+        self.weight_names = tuple(tensors)
+        self.grad_names = tuple(by_id[id(p)] for p in grad_params)
+        self._weight_sources = [tensors[n] for n in self.weight_names]
+        with torch.no_grad():
+            self.weights = FlatTensors([t.detach() for t in self._weight_sources])
+            self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
+        self.slot = BatchSlot(capacity)
+        self._spec = WorkerSpec(serialize_module(module), self.weight_names, self.grad_names, device, threads)
+        self._process: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self.in_flight: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Spawn the worker and wait until it has loaded the module."""
+        ctx = mp.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self._process = ctx.Process(
+            target=_worker_main,
+            args=(child_conn, self._spec, self.weights, self.grads),
+            name="asyncsam-ascent-worker",
+            daemon=True,
+        )
+        self._conn = parent_conn
+        self._process.start()
+        child_conn.close()
+        msg = self._recv(timeout, what="start")
+        if msg[0] != "ready":
+            raise AscentWorkerError(f"AsyncSAM ascent worker sent {msg[0]!r} instead of 'ready'")
+
+    def publish(self, weights: Sequence[Tensor] | None = None) -> None:
+        """Copy the current weights and buffers into shared memory (``w_t``)."""
+        self.weights.copy_from(self._weight_sources if weights is None else weights)
+
+    def submit(self, step: int, batch: Any, n: int, batch_idx: int) -> None:
+        """Hand the worker its ascent batch (the first ``n`` samples of ``batch``) and start step ``step``.
+
+        Call :meth:`publish` first: the worker reads the weights as soon as this returns.
+        """
+        if self.in_flight is not None:
+            raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
+        conn = self._require_conn()
+        if self.slot.write(batch, n):
+            conn.send(("layout", self.slot.layout))
+        conn.send(("step", step, n, batch_idx))
+        self.in_flight = step
+
+    def collect(self, timeout: float | None = None) -> AscentResult:
+        """Wait for the step in flight and return its timing; the gradient is in ``grads[step % 2]``."""
+        if self.in_flight is None:
+            raise AscentWorkerError("AsyncSAM: collect() called with no ascent step in flight")
+        msg = self._recv(timeout, what=f"the ascent gradient of step {self.in_flight}")
+        if msg[0] != "grad" or msg[1] != self.in_flight:
+            raise AscentWorkerError(f"AsyncSAM ascent worker answered {msg[:2]!r} for step {self.in_flight}")
+        self.in_flight = None
+        return AscentResult(step=msg[1], ascent_ms=msg[2], grad_norm=msg[3], samples=msg[4])
+
+    def ready(self) -> bool:
+        """Whether the step in flight has finished (never blocks)."""
+        return self.in_flight is not None and self._require_conn().poll(0)
+
+    def _require_conn(self) -> Connection:
+        if self._conn is None or self._process is None:
+            raise AscentWorkerError("AsyncSAM ascent worker is not running")
+        return self._conn
+
+    def _recv(self, timeout: float | None, what: str) -> tuple:
+        conn = self._require_conn()
+        proc = self._process
+        assert proc is not None
+        pid = proc.pid
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if conn.poll(_POLL_S):
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    msg = None
+                if msg is not None and msg[0] == "error":
+                    self.close()
+                    raise AscentWorkerError(f"AsyncSAM ascent worker (pid {pid}) failed:\n{msg[1]}")
+                if msg is not None:
+                    return msg
+            if not proc.is_alive():
+                proc.join(timeout=1.0)
+                code = proc.exitcode
+                self.close()
+                hint = (
+                    " It died while starting: a script that starts training needs an "
+                    "`if __name__ == \"__main__\":` guard, because the spawned worker imports it."
+                    if what == "start" else ""
+                )
+                raise AscentWorkerError(
+                    f"AsyncSAM ascent worker (pid {pid}) died with exit code {code} while the trainer waited "
+                    f"for {what}. A negative code is the signal that killed it (-9: killed, often out of memory).{hint}"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()
+                raise AscentWorkerError(f"AsyncSAM ascent worker (pid {pid}) did not deliver {what} in {timeout} s")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker; safe to call any number of times, from any state."""
+        proc, conn = self._process, self._conn
+        self._process, self._conn, self.in_flight = None, None, None
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+            proc.close() if not proc.is_alive() else None
+        if conn is not None:
+            conn.close()
+        self.weights.unpin()
+        for g in self.grads:
+            g.unpin()
+
+    def __del__(self) -> None:
+        try:
+            self.close(timeout=0.5)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

@@ -1,0 +1,91 @@
+"""The strategies against their serial plain-PyTorch references (tests/tiny.py), in float64, to 1e-10.
+
+This is the proof that the asynchronous path is Eq. 3: same weights after every one of 24 steps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
+from tiny import (
+    Recorder,
+    TinyClassifier,
+    assert_trajectories_close,
+    epochs_of,
+    loader,
+    make_data,
+    make_optimizer,
+    reference_asyncsam,
+    reference_sam,
+    reference_sgd,
+    trainer,
+)
+
+B, EPOCHS, RHO = 8, 4, 0.3  # 48 samples / 8 = 6 steps an epoch, 24 steps in all
+
+
+def _fit(strategy, optimizer: str, accumulate: int = 1) -> list:
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = TinyClassifier(optimizer)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    rec = Recorder()
+    t = trainer(strategy, max_epochs=EPOCHS, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate)
+    t.fit(model, loader(make_data(), B))
+    return rec.steps
+
+
+def _reference_net(optimizer: str):
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = TinyClassifier(optimizer).net
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return net, make_optimizer(optimizer, net.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("ascent_batch_size", [B, B // 4])
+@pytest.mark.parametrize("ascent_data", ["previous", "next"])
+def test_asyncsam_matches_algorithm_1(optimizer: str, ascent_batch_size: int, ascent_data: str) -> None:
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=ascent_batch_size, ascent_threads=1,
+                                ascent_data=ascent_data), optimizer)
+    net, opt = _reference_net(optimizer)
+    want = reference_asyncsam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, ascent_batch_size, ascent_data)
+    assert_trajectories_close(got, want)
+
+
+@pytest.mark.parametrize("ascent_data", ["previous", "next"])
+def test_asyncsam_with_gradient_accumulation(ascent_data: str) -> None:
+    """Every micro-batch of step t is perturbed by g_{t-1}; A_t comes from a first micro-batch."""
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=4, ascent_threads=1, ascent_data=ascent_data), "sgd",
+               accumulate=2)
+    net, opt = _reference_net("sgd")
+    want = reference_asyncsam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, 4, ascent_data, accumulate=2)
+    assert_trajectories_close(got, want)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_sam_matches_reference(optimizer: str) -> None:
+    got = _fit(SAMStrategy(rho=RHO), optimizer)
+    net, opt = _reference_net(optimizer)
+    assert_trajectories_close(got, reference_sam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO))
+
+
+def test_sam_with_gradient_accumulation() -> None:
+    got = _fit(SAMStrategy(rho=RHO), "sgd", accumulate=3)
+    net, opt = _reference_net("sgd")
+    assert_trajectories_close(got, reference_sam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, accumulate=3))
+
+
+def test_reference_is_not_sgd() -> None:
+    """Guards the guard: the references must differ from plain SGD, or the tests above prove nothing."""
+    data = epochs_of(make_data(), B, EPOCHS)
+    sgd = reference_sgd(*_reference_net("sgd"), data)
+    asam = reference_asyncsam(*_reference_net("sgd"), data, RHO, B)
+    sam = reference_sam(*_reference_net("sgd"), data, RHO)
+    gap = lambda a, b: max((x - y).abs().max().item() for x, y in zip(a[-1], b[-1]))  # noqa: E731
+    assert gap(sgd, asam) > 1e-3 and gap(sgd, sam) > 1e-3 and gap(sam, asam) > 1e-3

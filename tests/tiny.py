@@ -1,0 +1,205 @@
+"""Tiny models, data and serial reference implementations shared by the tests.
+
+The references are the plain-PyTorch forms of SAM and of Eq. 3 / Algorithm 1: the strategies must
+match them parameter by parameter, step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+N_FEATURES, N_CLASSES = 5, 3
+
+
+def make_net(seed: int = 0, batchnorm: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(N_FEATURES, 7)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(7))
+    layers += [nn.Tanh(), nn.Linear(7, N_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def make_data(n: int = 48, seed: int = 1, dtype: torch.dtype = torch.float64) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, N_FEATURES, generator=g, dtype=dtype)
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=0.01, weight_decay=0.01)
+    raise ValueError(name)
+
+
+class TinyClassifier(L.LightningModule):
+    """A user's ordinary LightningModule: nothing in it knows about SAM."""
+
+    def __init__(self, optimizer: str = "sgd", batchnorm: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.optimizer_name = optimizer
+        self.net = make_net(seed, batchnorm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return make_optimizer(self.optimizer_name, self.parameters())
+
+
+class Recorder(L.Callback):
+    """Keeps a copy of the weights after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[Tensor]] = []
+        self._last = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self._last:
+            self._last = trainer.global_step
+            self.steps.append([p.detach().clone() for p in pl_module.parameters()])
+
+
+def loader(ds: TensorDataset, batch_size: int = 8) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+
+def epochs_of(ds: TensorDataset, batch_size: int, epochs: int) -> list[list[tuple[Tensor, Tensor]]]:
+    return [list(loader(ds, batch_size)) for _ in range(epochs)]
+
+
+def _loss(net: nn.Module, batch) -> Tensor:
+    x, y = batch
+    return F.cross_entropy(net(x), y)
+
+
+def _grads(net: nn.Module, batch) -> list[Tensor]:
+    params = list(net.parameters())
+    return list(torch.autograd.grad(_loss(net, batch), params))
+
+
+def _perturb(net: nn.Module, g: Sequence[Tensor], rho: float) -> list[Tensor]:
+    """w <- w + rho * g / (||g|| + eps), returning the exact old weights."""
+    old = [p.detach().clone() for p in net.parameters()]
+    norm = torch.sqrt(sum((x * x).sum() for x in g))
+    with torch.no_grad():
+        for p, x in zip(net.parameters(), g):
+            p.add_(x * (rho / (norm + 1e-12)))
+    return old
+
+
+def _restore(net: nn.Module, old: Sequence[Tensor]) -> None:
+    with torch.no_grad():
+        for p, o in zip(net.parameters(), old):
+            p.copy_(o)
+
+
+def _head(batch, n: int):
+    return tuple(t[:n] for t in batch)
+
+
+def reference_asyncsam(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    epochs: list[list[tuple[Tensor, Tensor]]],
+    rho: float,
+    ascent_batch_size: int,
+    ascent_data: str = "previous",
+    accumulate: int = 1,
+) -> list[list[Tensor]]:
+    """Algorithm 1 (Eq. 3, tau = 1), serially. Returns the weights after every step."""
+    history = []
+    stale: list[Tensor] | None = None
+    for batches in epochs:
+        steps = [batches[i : i + accumulate] for i in range(0, len(batches), accumulate)]
+        for s, micro in enumerate(steps):
+            # line 3: g_t at w_t on A_t (the worker runs this concurrently with the descent)
+            if ascent_data == "next" and s + 1 < len(steps):
+                source = steps[s + 1][0]
+            else:  # "previous", and the last step of an epoch in "next" mode
+                source = micro[0]
+            g_t = _grads(net, _head(source, ascent_batch_size))
+            opt.zero_grad()
+            for batch in micro:
+                old = _perturb(net, stale, rho) if stale is not None else None  # line 5
+                (_loss(net, batch) / accumulate).backward()                        # line 6
+                if old is not None:
+                    _restore(net, old)
+            opt.step()                                                              # line 10
+            stale = g_t
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history
+
+
+def reference_sam(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    epochs: list[list[tuple[Tensor, Tensor]]],
+    rho: float,
+    accumulate: int = 1,
+) -> list[list[Tensor]]:
+    """SAM (Foret et al.) serially: ascent and descent on the same (micro-)batch."""
+    history = []
+    for batches in epochs:
+        steps = [batches[i : i + accumulate] for i in range(0, len(batches), accumulate)]
+        for micro in steps:
+            opt.zero_grad()
+            for batch in micro:
+                g = _grads(net, batch)
+                old = _perturb(net, g, rho)
+                (_loss(net, batch) / accumulate).backward()
+                _restore(net, old)
+            opt.step()
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history
+
+
+def reference_sgd(net, opt, epochs, accumulate: int = 1) -> list[list[Tensor]]:
+    history = []
+    for batches in epochs:
+        for i in range(0, len(batches), accumulate):
+            opt.zero_grad()
+            for batch in batches[i : i + accumulate]:
+                (_loss(net, batch) / accumulate).backward()
+            opt.step()
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history
+
+
+def trainer(strategy, tmp_path=None, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path) if tmp_path is not None else None,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(strategy=strategy, **defaults)
+
+
+def assert_trajectories_close(got: list[list[Tensor]], want: list[list[Tensor]], atol: float = 1e-10) -> None:
+    assert len(got) == len(want), f"{len(got)} steps recorded, reference has {len(want)}"
+    for t, (a, b) in enumerate(zip(got, want)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype == torch.float64
+            err = (x - y).abs().max().item()
+            assert err <= atol, f"step {t}, parameter {i}: max |diff| = {err:.3e} > {atol}"
