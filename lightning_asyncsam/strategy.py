@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
@@ -98,15 +98,18 @@ class SharpnessAwareStrategy(DDPStrategy):
         super().setup_distributed()
 
     @override
-    def configure_ddp(self) -> None:
-        if self._single_process:
-            return
-        super().configure_ddp()
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model if self._single_process else super()._setup_model(model)
 
     # ----------------------------------------------------------------- the perturbed weights
     @override
     def setup(self, trainer: "pl.Trainer") -> None:
-        super().setup(trainer)
+        if self._single_process:
+            # DDPStrategy.setup would wrap the model and broadcast its state over a process group
+            # that a single process does not have; the plain Strategy.setup is what one device needs.
+            Strategy.setup(self, trainer)
+        else:
+            super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._params = self._trainable_params()
             self._backup = [torch.empty_like(p) for p in self._params]

@@ -3,7 +3,8 @@
 The contract, which the tests check:
 
 1. It is started from the ``spawn`` context, so it inherits no CUDA context, no locks and no
-   threads from the trainer, whatever start method the trainer itself was launched with.
+   threads from the trainer, whatever start method the trainer itself was launched with. It does
+   not re-run the user's ``__main__`` either, so scripts need no ``if __name__ == "__main__"`` guard.
 2. It receives only picklable things: the module serialized to bytes (with ``cloudpickle`` so
    classes defined in a notebook's ``__main__`` travel too), shared-memory buffers, and plain
    settings. It loads the module with ``map_location=ascent_device``, so it never creates a CUDA
@@ -24,10 +25,12 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -161,6 +164,27 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             os._exit(1)
 
 
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep the spawned worker from re-running the user's ``__main__`` script.
+
+    ``spawn`` normally re-imports the parent's main module in the child, which runs an unguarded
+    script's training code a second time. The worker needs nothing from it: the module arrives by
+    value (cloudpickle), so we hide the main module's origin while the child is being launched.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 class AscentWorker:
     """The main process's handle on one ascent worker.
 
@@ -213,7 +237,8 @@ class AscentWorker:
             daemon=True,
         )
         self._conn = parent_conn
-        self._process.start()
+        with _main_module_hidden():
+            self._process.start()
         child_conn.close()
         msg = self._recv(timeout, what="start")
         if msg[0] != "ready":
@@ -231,9 +256,13 @@ class AscentWorker:
         if self.in_flight is not None:
             raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
         conn = self._require_conn()
-        if self.slot.write(batch, n):
-            conn.send(("layout", self.slot.layout))
-        conn.send(("step", step, n, batch_idx))
+        try:
+            if self.slot.write(batch, n):
+                conn.send(("layout", self.slot.layout))
+            conn.send(("step", step, n, batch_idx))
+        except (OSError, ValueError):
+            self.in_flight = step
+            self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
         self.in_flight = step
 
     def collect(self, timeout: float | None = None) -> AscentResult:
@@ -265,8 +294,9 @@ class AscentWorker:
             if conn.poll(_POLL_S):
                 try:
                     msg = conn.recv()
-                except EOFError:
+                except (EOFError, OSError):  # the worker's end closed: its exit code tells why, below
                     msg = None
+                    proc.join(timeout=1.0)
                 if msg is not None and msg[0] == "error":
                     self.close()
                     raise AscentWorkerError(f"AsyncSAM ascent worker (pid {pid}) failed:\n{msg[1]}")
@@ -277,8 +307,8 @@ class AscentWorker:
                 code = proc.exitcode
                 self.close()
                 hint = (
-                    " It died while starting: a script that starts training needs an "
-                    "`if __name__ == \"__main__\":` guard, because the spawned worker imports it."
+                    " It died while starting: check that the LightningModule can be pickled (cloudpickle) and "
+                    "loaded in a fresh process, and that there is memory for a replica of it."
                     if what == "start" else ""
                 )
                 raise AscentWorkerError(

@@ -36,6 +36,8 @@ def make_data(n: int = 48, seed: int = 1, dtype: torch.dtype = torch.float64) ->
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    if name == "plain_sgd":  # no optimizer state: survives a second fit(), which rebuilds optimizers
+        return torch.optim.SGD(params, lr=0.1)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=0.01, weight_decay=0.01)
     raise ValueError(name)
