@@ -1,0 +1,46 @@
+"""asyncsam/* metrics reach the trainer's loggers every step; "auto" settles and says so."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_asyncsam import AsyncSAMStrategy
+from tiny import TinyClassifier, loader, make_data, trainer
+
+METRICS = ["asyncsam/wait_ms", "asyncsam/ascent_ms", "asyncsam/ascent_batch_size", "asyncsam/ascent_grad_norm",
+           "asyncsam/cos_sim", "asyncsam/overhead_ms", "asyncsam/perturb_ms"]
+
+
+def _rows(tmp_path, strategy, epochs=2, n=48):
+    logger = CSVLogger(tmp_path, name="run")
+    t = trainer(strategy, max_epochs=epochs, logger=logger, log_every_n_steps=1)
+    t.fit(TinyClassifier(), loader(make_data(n=n, dtype=torch.float32), 8))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        return t, list(csv.DictReader(f))
+
+
+def test_every_step_logs_the_diagnostics(tmp_path) -> None:
+    t, rows = _rows(tmp_path, AsyncSAMStrategy(ascent_batch_size=0.5, ascent_threads=1))
+    assert len(rows) == 12
+    for name in METRICS:
+        assert name in rows[0], name
+    later = rows[1:]  # step 0 has no stale gradient yet: no ascent result, no cosine
+    assert all(float(r["asyncsam/ascent_batch_size"]) == 4 for r in rows)
+    assert all(float(r["asyncsam/wait_ms"]) >= 0 and float(r["asyncsam/ascent_ms"]) > 0 for r in later)
+    assert all(-1.0 <= float(r["asyncsam/cos_sim"]) <= 1.0 for r in later)
+    assert all(float(r["asyncsam/ascent_grad_norm"]) > 0 for r in later)
+    assert rows[0]["asyncsam/cos_sim"] == ""
+
+
+def test_auto_batch_size_settles_and_prints_one_line(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        t, rows = _rows(tmp_path, AsyncSAMStrategy(ascent_threads=1), epochs=3, n=160)
+    sizes = [float(r["asyncsam/ascent_batch_size"]) for r in rows]
+    assert sizes[0] == 2  # b/4 before anything is measured
+    assert all(1 <= s <= 8 for s in sizes)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("AsyncSAM: ascent batch")]
+    assert len(lines) == 1 and " of 8 (descent " in lines[0] and "ms/sample on cpu x1)" in lines[0]

@@ -1,0 +1,58 @@
+"""Shared-memory buffers for weights, gradients and ascent batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_asyncsam.shared_buffers import BatchSlot, FlatTensors, read_batch
+
+
+def test_flat_tensors_round_trip_mixed_dtypes() -> None:
+    src = [torch.randn(2, 3), torch.arange(4), torch.randn(5, dtype=torch.float64)]
+    flat = FlatTensors(src)
+    assert all(v.is_shared() for v in flat.views())
+    assert [v.dtype for v in flat.views()] == [t.dtype for t in src]
+    new = [torch.randn(2, 3), torch.arange(4) * 2, torch.randn(5, dtype=torch.float64)]
+    flat.copy_from(new)
+    out = [torch.empty_like(t) for t in src]
+    flat.copy_to(out)
+    assert all(torch.equal(a, b) for a, b in zip(out, new))
+    snapshot = flat.flat()
+    flat.copy_from(src)
+    flat.load_flat(snapshot)
+    flat.copy_to(out)
+    assert all(torch.equal(a, b) for a, b in zip(out, new))
+
+
+def test_load_flat_rejects_another_model() -> None:
+    flat = FlatTensors([torch.zeros(3)])
+    with pytest.raises(ValueError, match="does not match this model"):
+        flat.load_flat([torch.zeros(4)])
+
+
+def test_batch_slot_carries_any_batch_structure() -> None:
+    slot = BatchSlot()
+    batch = {"x": torch.randn(8, 3), "y": torch.arange(8), "meta": "fold-1", "scale": torch.tensor(2.0)}
+    assert slot.write(batch, 3) is True
+    got = read_batch(slot.layout, 3, torch.device("cpu"))
+    assert torch.equal(got["x"], batch["x"][:3]) and torch.equal(got["y"], batch["y"][:3])
+    assert got["meta"] == "fold-1" and torch.equal(got["scale"], batch["scale"])
+    # same layout next step: nothing to resend, values updated in place
+    batch2 = {"x": torch.randn(8, 3), "y": torch.arange(8) + 1, "meta": "fold-1", "scale": torch.tensor(2.0)}
+    assert slot.write(batch2, 5) is False
+    got = read_batch(slot.layout, 5, torch.device("cpu"))
+    assert torch.equal(got["x"], batch2["x"][:5])
+
+
+def test_batch_slot_relayouts_when_the_batch_changes() -> None:
+    slot = BatchSlot()
+    assert slot.write((torch.randn(4, 2), torch.arange(4)), 4)
+    assert slot.write((torch.randn(8, 2), torch.arange(8)), 8)  # larger than before: more capacity
+    assert not slot.write((torch.randn(3, 2), torch.arange(3)), 3)  # a short last batch fits
+    assert slot.write((torch.randn(8, 5), torch.arange(8)), 2)  # new feature shape
+
+
+def test_batch_size_needs_a_tensor() -> None:
+    with pytest.raises(ValueError, match="no tensor with a batch dimension"):
+        BatchSlot.batch_size(("a", 1))

@@ -1,0 +1,71 @@
+"""The ascent worker process on its own, without Lightning."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lightning_asyncsam.worker import AscentWorker, AscentWorkerError
+from tiny import TinyClassifier, make_data
+
+
+def _batch(n=8):
+    ds = make_data(dtype=torch.float32)
+    return ds.tensors[0][:n], ds.tensors[1][:n]
+
+
+def test_worker_returns_the_gradient_at_the_published_weights() -> None:
+    model = TinyClassifier()
+    params = list(model.parameters())
+    worker = AscentWorker(model, params, "cpu", threads=1, capacity=8)
+    try:
+        worker.start()
+        for step in range(3):
+            with torch.no_grad():
+                for p in params:
+                    p.add_(0.1)  # the main process moves on; the worker must see w_t, not its copy
+            worker.publish()
+            worker.submit(step, _batch(), 4, batch_idx=step)
+            result = worker.collect(timeout=30)
+            x, y = _batch(4)
+            want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+            got = worker.grads[step % 2].views()
+            assert result.step == step and result.samples == 4 and result.ascent_ms > 0
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+            assert abs(result.grad_norm - torch.cat([g.flatten() for g in want]).norm().item()) < 1e-5
+    finally:
+        worker.close()
+    worker.close()  # idempotent
+
+
+def test_worker_errors_are_clear() -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    with pytest.raises(AscentWorkerError, match="not running"):
+        worker.submit(0, _batch(), 4, 0)
+    worker.start()
+    try:
+        with pytest.raises(AscentWorkerError, match="no ascent step in flight"):
+            worker.collect()
+        worker.publish()
+        worker.submit(0, _batch(), 4, 0)
+        with pytest.raises(AscentWorkerError, match="while step 0 is in flight"):
+            worker.submit(1, _batch(), 4, 1)
+        worker.collect(timeout=30)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.publish()
+        with pytest.raises(AscentWorkerError, match=r"died with exit code -9"):
+            worker.submit(1, _batch(), 4, 1)
+            worker.collect(timeout=30)
+    finally:
+        worker.close()
+
+
+def test_parameters_outside_the_module_are_rejected() -> None:
+    model = TinyClassifier()
+    with pytest.raises(ValueError, match="not parameters of the LightningModule"):
+        AscentWorker(model, [torch.nn.Parameter(torch.zeros(1))], "cpu", 1, 8)
