@@ -49,6 +49,7 @@ class AsyncSAMCallback(Callback):
         self._held: list[Tensor] | None = None  # a collected g_{step}, not yet handed over (flat, host)
         self._submitted_at = 0.0
         self._metrics: dict[str, float] = {}
+        self._full_batch = 0
         self._announced = False
 
     # ----------------------------------------------------------------- the step boundary
@@ -89,7 +90,9 @@ class AsyncSAMCallback(Callback):
             ascent_batch = upcoming if upcoming is not None else ascent_batch
         if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
             ascent_batch = batch
-        b = BatchSlot.batch_size(strategy.cpu_batch if strategy.cpu_batch is not None else batch)
+        # b is the full batch size: a short last batch of an epoch neither rejects nor retunes b'.
+        b = max(self._full_batch, BatchSlot.batch_size(strategy.cpu_batch if strategy.cpu_batch is not None else batch))
+        self._full_batch = b
         n = min(self._ascent_size(strategy, b), BatchSlot.batch_size(ascent_batch))
         worker.publish()
         if strategy.root_device.type == "cuda":

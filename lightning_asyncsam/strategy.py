@@ -339,10 +339,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
+            self._start_worker()
 
-    @override
-    def on_train_start(self) -> None:
-        super().on_train_start()
+    def _start_worker(self) -> None:
+        """Spawn this rank's worker early: it boots during the sanity check and the unperturbed step 0."""
         self.close_worker()
         module = self.lightning_module
         assert module is not None

@@ -220,14 +220,19 @@ class AscentWorker:
         self._spec = WorkerSpec(serialize_module(module), self.weight_names, self.grad_names, device, threads)
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._ready = False
         self.in_flight: int | None = None
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def start(self, timeout: float = 120.0) -> None:
-        """Spawn the worker and wait until it has loaded the module."""
+    def start(self) -> None:
+        """Spawn the worker; it boots (imports, loads the module) while the trainer goes on.
+
+        The first :meth:`submit` waits until it is ready, so a boot that overlaps the sanity check,
+        the first step (which is never perturbed) and data loading costs nothing.
+        """
         ctx = mp.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._process = ctx.Process(
@@ -240,9 +245,16 @@ class AscentWorker:
         with _main_module_hidden():
             self._process.start()
         child_conn.close()
+        self._ready = False
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until the worker has loaded the module (no-op once it has)."""
+        if self._ready:
+            return
         msg = self._recv(timeout, what="start")
         if msg[0] != "ready":
             raise AscentWorkerError(f"AsyncSAM ascent worker sent {msg[0]!r} instead of 'ready'")
+        self._ready = True
 
     def publish(self, weights: Sequence[Tensor] | None = None) -> None:
         """Copy the current weights and buffers into shared memory (``w_t``)."""
@@ -256,6 +268,7 @@ class AscentWorker:
         if self.in_flight is not None:
             raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
         conn = self._require_conn()
+        self.wait_ready()
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))

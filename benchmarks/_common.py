@@ -1,0 +1,81 @@
+"""What every benchmark records beside its numbers: the machine, the versions, the git SHA."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"model name\s*:\s*(.+)", text)
+        return match.group(1).strip() if match else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def environment() -> dict[str, Any]:
+    import lightning
+
+    import lightning_asyncsam
+
+    env: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "lightning_asyncsam": lightning_asyncsam.__version__,
+        "git_sha": git_sha(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return env
+
+
+def environment_markdown(env: dict[str, Any]) -> str:
+    gpu = f", GPU {env['cuda']}" if env.get("cuda") else ""
+    return (f"Machine: {env['cpu']} ({env['cores']} cores){gpu}; Python {env['python']}, torch {env['torch']}, "
+            f"lightning {env['lightning']}, lightning_asyncsam {env['lightning_asyncsam']} at {env['git_sha']}; "
+            f"{env['date']}.")
+
+
+def write_results(name: str, payload: dict[str, Any], table_md: str) -> Path:
+    """Write ``results/<name>.json`` and ``results/<name>.md``, and refresh the table in README.md."""
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (out / f"{name}.md").write_text(table_md + "\n")
+    readme = HERE / "README.md"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if readme.exists():
+        text = readme.read_text()
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            readme.write_text(f"{head}{start}\n{table_md}\n{end}{tail}")
+    return out / f"{name}.json"

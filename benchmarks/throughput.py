@@ -1,0 +1,176 @@
+"""Throughput of SGD, SAM and AsyncSAM through ``Trainer.fit``, measured side by side in one run.
+
+Outcome on this project's 2-core CPU machine (main process 1 thread standing for the fast device,
+worker 1 thread standing for the spare CPU): see ``benchmarks/README.md``.
+
+Commands:
+    python benchmarks/throughput.py                                   # CPU simulation (2 cores)
+    python benchmarks/throughput.py --accelerator cuda --ascent-threads 8   # GPU main, CPU worker
+
+Method: every algorithm trains the same model on the same synthetic CIFAR-shaped data (3x32x32,
+10 classes) with ``Trainer.fit``. Runs are interleaved (the order rotates each repetition) so that
+drift of the machine hits every algorithm alike; the first ``--warmup`` steps of each run are
+dropped; throughput is images / second over the remaining steps, reported as the median and the
+range over repetitions, and as the ratio of medians to SGD's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_asyncsam  # noqa: F401  (registers the strategies)
+from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam.models import CifarResNet, WideResNet
+
+try:
+    from benchmarks._common import environment, environment_markdown, write_results
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from _common import environment, environment_markdown, write_results
+
+MODELS = {
+    "resnet20": lambda: CifarResNet(depth=20, num_classes=10),  # the paper's Figure 3 setting, 0.27 M params
+    "wrn16_4": lambda: WideResNet(depth=16, widen_factor=4, num_classes=10),  # 2.7 M params, ~10x the FLOPs
+}
+ASYNC_METRICS = ("asyncsam/wait_ms", "asyncsam/overhead_ms", "asyncsam/perturb_ms", "asyncsam/ascent_ms",
+                 "asyncsam/ascent_batch_size")
+
+
+class Net(L.LightningModule):
+    def __init__(self, model: str, lr: float = 0.05) -> None:
+        super().__init__()
+        self.net = MODELS[model]()
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class StepClock(L.Callback):
+    """Wall-clock time at each step boundary, and AsyncSAM's per-step diagnostics."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.stamps: list[float] = []
+        self.diag: dict[str, list[float]] = {k: [] for k in ASYNC_METRICS}
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.stamps.append(self._now())
+        for k in ASYNC_METRICS:  # the previous step's values (our callback logs after this one runs)
+            if k in trainer.callback_metrics and len(self.stamps) > 1:
+                self.diag[k].append(float(trainer.callback_metrics[k]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.stamps.append(self._now())
+
+
+def make_strategy(algo: str, args: argparse.Namespace) -> Any:
+    if algo == "sgd":
+        return "auto"
+    if algo == "sam":
+        return SAMStrategy(rho=0.1)
+    size = {"asyncsam_b": args.batch_size, "asyncsam_auto": "auto"}[algo]
+    return AsyncSAMStrategy(rho=0.1, ascent_batch_size=size, ascent_threads=args.ascent_threads)
+
+
+def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    steps = args.warmup + args.steps
+    n = args.batch_size * steps
+    data = TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
+    clock = StepClock(args.accelerator == "cuda")
+    trainer = L.Trainer(strategy=make_strategy(algo, args), accelerator=args.accelerator, devices=1,
+                        max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[clock], precision=args.precision)
+    trainer.fit(Net(model), DataLoader(data, batch_size=args.batch_size, shuffle=True))
+    t = clock.stamps
+    measured = t[-1] - t[args.warmup]
+    out = {"images_per_s": args.batch_size * args.steps / measured,
+           "step_ms_median": statistics.median(1e3 * (b - a) for a, b in zip(t[args.warmup:-1], t[args.warmup + 1:]))}
+    for k, v in clock.diag.items():
+        tail = v[args.warmup:]
+        if tail:
+            out[k.split("/")[1] + "_median"] = statistics.median(tail)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet20,wrn16_4")
+    p.add_argument("--algorithms", default="sgd,sam,asyncsam_b,asyncsam_auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--main-threads", type=int, default=1, help="torch threads of the main process")
+    p.add_argument("--ascent-threads", type=int, default=1, help="torch threads of the ascent worker")
+    p.add_argument("--name", default=None, help="results file name (default: throughput_<accelerator>)")
+    args = p.parse_args()
+    torch.set_num_threads(args.main_threads)
+    models, algos = args.models.split(","), args.algorithms.split(",")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {a: [] for a in algos} for m in models}
+    for model in models:
+        for rep in range(args.reps):
+            order = algos[rep % len(algos):] + algos[: rep % len(algos)]
+            for algo in order:
+                r = run_once(model, algo, args)
+                results[model][algo].append(r)
+                print(f"{model:9s} rep {rep} {algo:14s} {r['images_per_s']:8.1f} img/s", flush=True)
+
+    env = environment()
+    lines = [
+        f"Throughput, b = {args.batch_size}, {args.accelerator} main process with {args.main_threads} thread(s), "
+        f"ascent worker with {args.ascent_threads} thread(s); median [min, max] of {args.reps} interleaved runs, "
+        f"{args.steps} steps each after {args.warmup} warm-up steps.",
+        "",
+        "| model | algorithm | images/s | x SGD | b' | wait ms | overhead ms | perturb+restore ms | ascent ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {}
+    for model in models:
+        sgd = statistics.median(r["images_per_s"] for r in results[model]["sgd"]) if "sgd" in algos else None
+        for algo in algos:
+            runs = results[model][algo]
+            ips = [r["images_per_s"] for r in runs]
+            med = statistics.median(ips)
+            ratio = med / sgd if sgd else float("nan")
+
+            def diag(key: str, fmt: str = "{:.2f}") -> str:
+                vals = [r[key] for r in runs if key in r]
+                return fmt.format(statistics.median(vals)) if vals else "-"
+
+            summary[f"{model}/{algo}"] = {"images_per_s_median": med, "min": min(ips), "max": max(ips),
+                                          "ratio_to_sgd": ratio}
+            lines.append(
+                f"| {model} | {algo} | {med:.1f} [{min(ips):.1f}, {max(ips):.1f}] | {ratio:.3f} | "
+                f"{diag('ascent_batch_size_median', '{:.0f}')} | {diag('wait_ms_median')} | "
+                f"{diag('overhead_ms_median')} | {diag('perturb_ms_median')} | {diag('ascent_ms_median', '{:.0f}')} |"
+            )
+    lines += ["", environment_markdown(env)]
+    table = "\n".join(lines)
+    print(table)
+    path = write_results(args.name or f"throughput_{args.accelerator}",
+                         {"settings": vars(args), "environment": env, "summary": summary, "runs": results}, table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
