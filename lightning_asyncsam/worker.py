@@ -123,7 +123,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             p.requires_grad_(id(p) in wanted)
         layout = None
         parent = mp.parent_process()
-        conn.send(("ready", os.getpid()))
+        conn.send(("ready", os.getpid(), torch.cuda.is_initialized()))
         last_check = time.monotonic()
         while True:
             if not conn.poll(_PARENT_CHECK_S):
@@ -221,6 +221,7 @@ class AscentWorker:
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False
+        self.cuda_initialized: bool | None = None  # reported by the worker: did it create a CUDA context?
         self.in_flight: int | None = None
 
     @property
@@ -255,6 +256,7 @@ class AscentWorker:
         if msg[0] != "ready":
             raise AscentWorkerError(f"AsyncSAM ascent worker sent {msg[0]!r} instead of 'ready'")
         self._ready = True
+        self.cuda_initialized = bool(msg[2])
 
     def publish(self, weights: Sequence[Tensor] | None = None) -> None:
         """Copy the current weights and buffers into shared memory (``w_t``)."""

@@ -37,6 +37,7 @@ def test_worker_returns_the_gradient_at_the_published_weights() -> None:
             assert result.step == step and result.samples == 4 and result.ascent_ms > 0
             assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
             assert abs(result.grad_norm - torch.cat([g.flatten() for g in want]).norm().item()) < 1e-5
+        assert worker.cuda_initialized is False  # a CPU worker never creates a CUDA context
     finally:
         worker.close()
     worker.close()  # idempotent
