@@ -51,19 +51,15 @@ def perturbation_scale(norm: Tensor, rho: float, eps: float = EPS) -> Tensor:
 
 
 @torch.no_grad()
-def perturb_(params: Sequence[Tensor], direction: Sequence[Tensor], rho: float, backup: Sequence[Tensor],
-             eps: float = EPS) -> Tensor:
-    """Move ``params`` from w to ``w + rho * d / ||d||`` in place; save w in ``backup`` first.
+def scale_to_radius_(direction: Sequence[Tensor], rho: float, eps: float = EPS) -> Tensor:
+    """Turn a gradient d into the ascent step ``e = rho * d / (||d|| + eps)`` of Eq. 3, in place.
 
-    This is line 5 of Algorithm 1 ("Perturb the model") and SAM's ``first_step``: climb to the
-    approximate local maximum within radius ``rho``. ``backup`` keeps an exact copy so that
-    :func:`restore_` returns to w bit for bit (a subtraction would not, in floating point).
+    Done once per optimizer step (every accumulation micro-batch reuses e), with no allocation
+    beyond the norm, and no ``.item()``: the scale stays on the device.
 
     Args:
-        params: the trainable weights w, modified in place.
-        direction: the ascent gradient d (for AsyncSAM the stale ``g_{t-1}``).
+        direction: the ascent gradient d (for AsyncSAM the stale ``g_{t-1}``); overwritten with e.
         rho: the perturbation radius r.
-        backup: preallocated tensors shaped like ``params``; receive w.
         eps: guards the division when ``||d|| = 0``.
 
     Returns:
@@ -71,20 +67,36 @@ def perturb_(params: Sequence[Tensor], direction: Sequence[Tensor], rho: float, 
 
     Example::
 
+        >>> d = [torch.tensor([3.0, 4.0])]
+        >>> scale_to_radius_(d, rho=0.5)
+        tensor(5.)
+        >>> d[0]
+        tensor([0.3000, 0.4000])
+    """
+    direction = list(direction)
+    norm = global_norm(direction)
+    torch._foreach_mul_(direction, perturbation_scale(norm, rho, eps).to(direction[0].dtype))
+    return norm
+
+
+@torch.no_grad()
+def perturb_(params: Sequence[Tensor], step: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
+    """Climb from w to ``w + e`` in place (line 5 of Algorithm 1); save w in ``backup`` first.
+
+    ``backup`` keeps an exact copy so that :func:`restore_` returns to w bit for bit (a
+    subtraction would not, in floating point). ``step`` is e from :func:`scale_to_radius_`.
+
+    Example::
+
         >>> w = [torch.tensor([1.0, 1.0])]
         >>> saved = [torch.empty(2)]
-        >>> perturb_(w, [torch.tensor([3.0, 4.0])], rho=0.5, backup=saved)
-        tensor(5.)
-        >>> w[0]
-        tensor([1.3000, 1.4000])
+        >>> perturb_(w, [torch.tensor([0.3, 0.4])], backup=saved)
+        >>> w[0], saved[0]
+        (tensor([1.3000, 1.4000]), tensor([1., 1.]))
     """
-    params, direction, backup = list(params), list(direction), list(backup)
-    torch._foreach_copy_(backup, params)
-    norm = global_norm(direction)
-    scale = perturbation_scale(norm, rho, eps)
-    # The scale stays a device tensor: reading it with .item() would stall a GPU every step.
-    torch._foreach_add_(params, torch._foreach_mul(direction, scale.to(params[0].dtype)))
-    return norm
+    params = list(params)
+    torch._foreach_copy_(list(backup), params)
+    torch._foreach_add_(params, list(step))
 
 
 @torch.no_grad()
@@ -93,12 +105,13 @@ def restore_(params: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
 
     After this, the optimizer applies the descent gradient (taken at the perturbed point) to the
     original weights: the update ``w_{t+1} = w_t - eta * g_t`` of line 10 of Algorithm 1.
+    Copying, not subtracting e, makes the restore exact in every dtype.
 
     Example::
 
         >>> w = [torch.tensor([1.0])]
         >>> saved = [torch.empty(1)]
-        >>> _ = perturb_(w, [torch.tensor([1.0])], rho=0.1, backup=saved)
+        >>> perturb_(w, [torch.tensor([0.1])], backup=saved)
         >>> restore_(w, saved)
         >>> w[0]
         tensor([1.])

@@ -38,7 +38,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning.pytorch as pl
-from lightning_asyncsam.functional import perturb_, restore_
+from lightning_asyncsam.functional import perturb_, restore_, scale_to_radius_
 from lightning_asyncsam.lookahead import LookaheadLoader
 from lightning_asyncsam.worker import AscentWorker, ascent_loss
 
@@ -55,7 +55,7 @@ def _check_rho(rho: float) -> float:
 class SharpnessAwareStrategy(DDPStrategy):
     """Shared machinery: which weights are perturbed, perturb/restore, and single-process mode.
 
-    Subclasses provide :meth:`_ascent_direction`, the direction d in ``w + rho * d / ||d||``.
+    Subclasses provide :meth:`_ascent_step`, the step ``e = rho * d / ||d||`` in ``w + e``.
 
     Args:
         rho: the perturbation radius r of Eq. 3.
@@ -132,13 +132,13 @@ class SharpnessAwareStrategy(DDPStrategy):
             )
         return params
 
-    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
-        """The direction to perturb along for this micro-batch, or None to leave the weights alone."""
+    def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        """The step e to add to the weights for this micro-batch, or None to leave them alone."""
         raise NotImplementedError
 
-    def _perturb(self, direction: Sequence[Tensor]) -> None:
+    def _perturb(self, step: Sequence[Tensor]) -> None:
         start = time.perf_counter()
-        perturb_(self._params, direction, self.rho, self._backup)
+        perturb_(self._params, step, self._backup)
         self._perturbed = True
         self.perturb_ms += (time.perf_counter() - start) * 1e3
 
@@ -153,9 +153,9 @@ class SharpnessAwareStrategy(DDPStrategy):
     def training_step(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         self._restore()  # a previous micro-batch that skipped its backward left the weights perturbed
         batch, batch_idx = (list(args) + [kwargs.get("batch"), kwargs.get("batch_idx", 0)])[:2]
-        direction = self._ascent_direction(batch, batch_idx)
-        if direction is not None:
-            self._perturb(direction)
+        step = self._ascent_step(batch, batch_idx)
+        if step is not None:
+            self._perturb(step)
         try:
             out = super().training_step(*args, **kwargs)
         except BaseException:
@@ -240,13 +240,15 @@ class SAMStrategy(SharpnessAwareStrategy):
             self._check_loss_source()
 
     @override
-    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+    def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
         module = self.lightning_module
         assert module is not None
         with torch.enable_grad(), self.precision_plugin.train_step_context(), _no_logging(module):
             loss = ascent_loss(module, batch, batch_idx)
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+        step = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+        scale_to_radius_(step, self.rho)
+        return step
 
     @classmethod
     @override
@@ -307,7 +309,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper) or 'next'")
         self.ascent_data: AscentData = ascent_data
         self.worker: AscentWorker | None = None
-        self.direction: Sequence[Tensor] | None = None
+        self.direction: Sequence[Tensor] | None = None  # this step's e = rho * g_{t-1} / ||g_{t-1}||
         self.cpu_batch: Any = None
         self.lookahead: LookaheadLoader | None = None
         self._device_direction: list[Tensor] | None = None
@@ -416,15 +418,22 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     # ----------------------------------------------------------------- the perturbation
     def use_gradient(self, grads: Sequence[Tensor] | None) -> None:
-        """Make ``grads`` (host buffers holding g_{t-1}) this step's direction; None: no perturbation."""
-        if grads is None or self._device_direction is None:
-            self.direction = grads
+        """Make ``g_{t-1}`` (host buffers, consumed) this step's perturbation; None: no perturbation.
+
+        The step ``e = rho * g / ||g||`` is formed once here, in place, and every micro-batch of the
+        step adds it: no allocation and no second pass over the weights per micro-batch.
+        """
+        if grads is None:
+            self.direction = None
             return
-        torch._foreach_copy_(self._device_direction, list(grads), non_blocking=True)
-        self.direction = self._device_direction
+        if self._device_direction is not None:
+            torch._foreach_copy_(self._device_direction, list(grads), non_blocking=True)
+            grads = self._device_direction
+        scale_to_radius_(grads, self.rho)
+        self.direction = grads
 
     @override
-    def _ascent_direction(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+    def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
         return self.direction
 
     @classmethod

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_asyncsam.functional import EPS, cosine_similarity, global_norm, perturb_, perturbation_scale, restore_
+from lightning_asyncsam.functional import (
+    EPS,
+    cosine_similarity,
+    global_norm,
+    perturb_,
+    perturbation_scale,
+    restore_,
+    scale_to_radius_,
+)
 
 
 def _tensors(dtype=torch.float64, seed=0):
@@ -26,9 +34,10 @@ def test_global_norm_needs_tensors() -> None:
 def test_perturbation_is_rho_along_the_unit_direction() -> None:
     w, d = _tensors(seed=1), _tensors(seed=2)
     w0 = [x.clone() for x in w]
-    backup = [torch.empty_like(x) for x in w]
-    norm = perturb_(w, d, rho=0.05, backup=backup)
     flat_d = torch.cat([x.flatten() for x in d])
+    backup = [torch.empty_like(x) for x in w]
+    norm = scale_to_radius_(d, rho=0.05)
+    perturb_(w, d, backup=backup)
     expected = torch.cat([x.flatten() for x in w0]) + 0.05 * flat_d / (flat_d.norm() + EPS)
     assert torch.allclose(torch.cat([x.flatten() for x in w]), expected, atol=1e-15, rtol=0)
     assert torch.allclose(norm, flat_d.norm())
@@ -42,7 +51,8 @@ def test_restore_is_exact_in_every_dtype(dtype) -> None:
     w, d = _tensors(dtype, 3), _tensors(dtype, 4)
     w0 = [x.clone() for x in w]
     backup = [torch.empty_like(x) for x in w]
-    perturb_(w, d, rho=0.7, backup=backup)
+    scale_to_radius_(d, rho=0.7)
+    perturb_(w, d, backup=backup)
     assert not all(torch.equal(a, b) for a, b in zip(w, w0))
     restore_(w, backup)
     assert all(torch.equal(a, b) for a, b in zip(w, w0))  # bit for bit, unlike w + e - e
@@ -51,7 +61,9 @@ def test_restore_is_exact_in_every_dtype(dtype) -> None:
 def test_zero_direction_leaves_weights_unchanged() -> None:
     w = _tensors()
     w0 = [x.clone() for x in w]
-    perturb_(w, [torch.zeros_like(x) for x in w], rho=0.1, backup=[torch.empty_like(x) for x in w])
+    zero = [torch.zeros_like(x) for x in w]
+    assert scale_to_radius_(zero, rho=0.1) == 0
+    perturb_(w, zero, backup=[torch.empty_like(x) for x in w])
     assert all(torch.equal(a, b) for a, b in zip(w, w0))
 
 
