@@ -37,7 +37,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
 
 MODELS = {
     "resnet20": lambda: CifarResNet(depth=20, num_classes=10),  # the paper's Figure 3 setting, 0.27 M params
-    "wrn16_4": lambda: WideResNet(depth=16, widen_factor=4, num_classes=10),  # 2.7 M params, ~10x the FLOPs
+    "wrn16_2": lambda: WideResNet(depth=16, widen_factor=2, num_classes=10),  # 0.69 M params, ~2x the step time
 }
 ASYNC_METRICS = ("asyncsam/wait_ms", "asyncsam/overhead_ms", "asyncsam/perturb_ms", "asyncsam/ascent_ms",
                  "asyncsam/ascent_batch_size")
@@ -112,11 +112,11 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="resnet20,wrn16_4")
+    p.add_argument("--models", default="resnet20,wrn16_2")
     p.add_argument("--algorithms", default="sgd,sam,asyncsam_b,asyncsam_auto")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="32-true")

@@ -52,7 +52,7 @@ class AscentWorkerError(RuntimeError):
 class WorkerSpec:
     """Everything the worker needs besides the buffers; plain picklable values only."""
 
-    module_bytes: bytes
+    module_bytes: Tensor  # uint8, in shared memory: see AscentWorker.__init__
     weight_names: tuple[str, ...]
     grad_names: tuple[str, ...]
     device: str
@@ -113,7 +113,11 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
         warnings.filterwarnings("ignore", message=r".*self\.log.*")
         warnings.filterwarnings("ignore", message=r".*self\.trainer.*")
         device = torch.device(spec.device)
-        module: nn.Module = torch.load(io.BytesIO(spec.module_bytes), map_location=device, weights_only=False)
+        raw = spec.module_bytes.numpy().tobytes()
+        module: nn.Module = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
+        # .to() also resets a LightningModule's remembered device, so `self.device` in the user's
+        # training_step names the worker's device, not the trainer's GPU.
+        module.to(device)
         module.train()
         tensors = named_tensors(module)
         mirror = [tensors[n] for n in spec.weight_names]
@@ -217,7 +221,11 @@ class AscentWorker:
             self.weights = FlatTensors([t.detach() for t in self._weight_sources])
             self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
         self.slot = BatchSlot(capacity)
-        self._spec = WorkerSpec(serialize_module(module), self.weight_names, self.grad_names, device, threads)
+        # The serialized module travels as shared memory, not inside the pickled process arguments:
+        # spawn writes those arguments into a pipe that the child drains only while it imports
+        # torch and Lightning, so a large payload there would block Process.start() for seconds.
+        payload = torch.frombuffer(bytearray(serialize_module(module)), dtype=torch.uint8).share_memory_()
+        self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads)
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False
