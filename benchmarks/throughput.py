@@ -85,7 +85,8 @@ def make_strategy(algo: str, args: argparse.Namespace) -> Any:
         return "auto"
     if algo == "sam":
         return SAMStrategy(rho=0.1)
-    size = {"asyncsam_b": args.batch_size, "asyncsam_auto": "auto"}[algo]
+    suffix = algo.split("_", 1)[1]  # asyncsam_b, asyncsam_auto, or asyncsam_<b'>
+    size = {"b": args.batch_size, "auto": "auto"}.get(suffix) or int(suffix)
     return AsyncSAMStrategy(rho=0.1, ascent_batch_size=size, ascent_threads=args.ascent_threads)
 
 
@@ -97,7 +98,8 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
     clock = StepClock(args.accelerator == "cuda")
     trainer = L.Trainer(strategy=make_strategy(algo, args), accelerator=args.accelerator, devices=1,
                         max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[clock], precision=args.precision)
+                        enable_model_summary=False, callbacks=[clock], precision=args.precision,
+                        log_every_n_steps=1)  # AsyncSAM's diagnostics reach callback_metrics every step
     trainer.fit(Net(model), DataLoader(data, batch_size=args.batch_size, shuffle=True))
     t = clock.stamps
     measured = t[-1] - t[args.warmup]

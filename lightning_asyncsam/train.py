@@ -306,7 +306,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
+    _write_atomically(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg))
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
@@ -338,7 +338,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     summary = build_summary(cfg, trainer, clock, time.perf_counter() - start)
 
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("best val/acc %s, %s s per epoch", summary["val_acc_best"], summary["epoch_time_s"])
     return summary
 
@@ -351,3 +351,10 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader never sees a half-written file (rename is atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
