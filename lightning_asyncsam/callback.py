@@ -148,8 +148,10 @@ class AsyncSAMCallback(Callback):
         strategy.perturb_ms = 0.0
         # Lightning's `log` costs about a millisecond per call; on short steps that is no longer
         # free. Loggers only receive values every `log_every_n_steps` anyway, so we log exactly
-        # then (every step with log_every_n_steps=1), in one call.
-        if trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
+        # then (every step with log_every_n_steps=1), in one call, and at the end of each epoch so
+        # that `trainer.callback_metrics` always holds recent values.
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run:
             pl_module.log_dict(self._metrics, on_step=True, on_epoch=False, batch_size=1)
 
     # ----------------------------------------------------------------- end of training, checkpoints

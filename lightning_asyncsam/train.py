@@ -292,6 +292,14 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [_instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
 
 
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader never sees a half-written file (rename is atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured recipe and return its summary (also written to ``summary.json``).
 
@@ -351,10 +359,3 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader never sees a half-written file (rename is atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
