@@ -50,6 +50,7 @@ class AsyncSAMCallback(Callback):
         self._submitted_at = 0.0
         self._metrics: dict[str, float] = {}
         self._full_batch = 0
+        self._trainer_ref: "pl.Trainer | None" = None  # state_dict() gets no trainer argument
         self._announced = False
 
     # ----------------------------------------------------------------- the step boundary
@@ -187,8 +188,6 @@ class AsyncSAMCallback(Callback):
         self._held = [g.clone() for g in state_dict.get("grads", [])] or None
         if self._tuner is not None and state_dict.get("ascent_batch_size"):
             self._tuner.value = int(state_dict["ascent_batch_size"])
-
-    _trainer_ref: "pl.Trainer | None" = None
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -203,9 +203,10 @@ class AscentWorker:
     Example::
 
         >>> net = torch.nn.Linear(3, 1)
-        >>> class Loss(torch.nn.Module):
-        ...     pass
-        >>> worker = AscentWorker(net, list(net.parameters()), "cpu", 1, capacity=4)  # doctest: +SKIP
+        >>> worker = AscentWorker(net, list(net.parameters()), "cpu", threads=1, capacity=4)
+        >>> worker.grad_names
+        ('weight', 'bias')
+        >>> worker.close()  # start() spawns; publish(), submit() and collect() drive one step each
     """
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int) -> None:
