@@ -14,6 +14,7 @@ from tiny import (
     TinyClassifier,
     assert_trajectories_close,
     epochs_of,
+    in_float64,
     loader,
     make_data,
     make_optimizer,
@@ -27,11 +28,7 @@ B, EPOCHS, RHO = 8, 4, 0.3  # 48 samples / 8 = 6 steps an epoch, 24 steps in all
 
 
 def _fit(strategy, optimizer: str, accumulate: int = 1) -> list:
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = TinyClassifier(optimizer)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    model = in_float64(lambda: TinyClassifier(optimizer))
     rec = Recorder()
     t = trainer(strategy, max_epochs=EPOCHS, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate)
     t.fit(model, loader(make_data(), B))
@@ -39,11 +36,7 @@ def _fit(strategy, optimizer: str, accumulate: int = 1) -> list:
 
 
 def _reference_net(optimizer: str):
-    torch.set_default_dtype(torch.float64)
-    try:
-        net = TinyClassifier(optimizer).net
-    finally:
-        torch.set_default_dtype(torch.float32)
+    net = in_float64(lambda: TinyClassifier(optimizer).net)
     return net, make_optimizer(optimizer, net.parameters())
 
 

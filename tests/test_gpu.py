@@ -11,6 +11,7 @@ from tiny import (
     TinyClassifier,
     assert_trajectories_close,
     epochs_of,
+    in_float64,
     loader,
     make_data,
     make_optimizer,
@@ -36,12 +37,8 @@ class PinCheck(Recorder):
 
 @pytest.mark.parametrize("ascent_data", ["previous", "next"])
 def test_gpu_main_cpu_worker_matches_algorithm_1(ascent_data: str) -> None:
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = TinyClassifier()
-        net = TinyClassifier().net
-    finally:
-        torch.set_default_dtype(torch.float32)
+    model = in_float64(TinyClassifier)
+    net = in_float64(lambda: TinyClassifier().net)
     check = PinCheck()
     t = trainer(AsyncSAMStrategy(rho=0.3, ascent_batch_size=4, ascent_device="cpu", ascent_threads=2,
                                  ascent_data=ascent_data),

@@ -23,6 +23,7 @@ from tiny import (
     _restore,
     assert_trajectories_close,
     epochs_of,
+    in_float64,
     loader,
     make_data,
     make_optimizer,
@@ -31,14 +32,6 @@ from tiny import (
 )
 
 B, RHO = 8, 0.3
-
-
-def _double(fn):
-    torch.set_default_dtype(torch.float64)
-    try:
-        return fn()
-    finally:
-        torch.set_default_dtype(torch.float32)
 
 
 def _asyncsam(**kw) -> AsyncSAMStrategy:
@@ -71,12 +64,12 @@ class ScheduledClassifier(TinyClassifier):
 
 def test_lr_scheduler_dict_and_gradient_clipping_match_reference() -> None:
     """Clipping sees the descent gradient at the restored weights; the scheduler steps per optimizer step."""
-    model = _double(ScheduledClassifier)
+    model = in_float64(ScheduledClassifier)
     rec = Recorder()
     t = trainer(_asyncsam(), max_epochs=3, precision="64-true", callbacks=[rec], gradient_clip_val=0.05)
     t.fit(model, loader(make_data(), B))
 
-    net = _double(lambda: TinyClassifier().net)
+    net = in_float64(lambda: TinyClassifier().net)
     opt = make_optimizer("sgd", net.parameters())
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
     want, stale = [], None
@@ -100,11 +93,11 @@ def test_lr_scheduler_dict_and_gradient_clipping_match_reference() -> None:
 # ----------------------------------------------------------------------------- BatchNorm
 def test_batchnorm_statistics_update_at_the_perturbed_weights() -> None:
     """One forward per step in the main process, at w + e; the worker's forward leaves no trace."""
-    model = _double(lambda: TinyClassifier(batchnorm=True))
+    model = in_float64(lambda: TinyClassifier(batchnorm=True))
     t = trainer(_asyncsam(), max_epochs=2, precision="64-true")
     t.fit(model, loader(make_data(), B))
 
-    net = _double(lambda: TinyClassifier(batchnorm=True).net)
+    net = in_float64(lambda: TinyClassifier(batchnorm=True).net)
     opt = make_optimizer("sgd", net.parameters())
     stale = None
     for batches in epochs_of(make_data(), B, 2):
@@ -181,11 +174,11 @@ class ManualClassifier(TinyClassifier):
 
 
 def test_manual_optimization_matches_reference() -> None:
-    model = _double(ManualClassifier)
+    model = in_float64(ManualClassifier)
     rec = Recorder()
     t = trainer(_asyncsam(), max_epochs=2, precision="64-true", callbacks=[rec])
     t.fit(model, loader(make_data(), B))
-    net = _double(lambda: TinyClassifier().net)
+    net = in_float64(lambda: TinyClassifier().net)
     want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, 2), RHO, 4)
     assert_trajectories_close(rec.steps, want)
     assert t.global_step == 12
@@ -209,13 +202,13 @@ def test_manual_optimization_needs_ascent_loss(make_strategy) -> None:
 # ----------------------------------------------------------------------------- two fits, resume
 def test_two_fit_calls_continue_the_trajectory() -> None:
     """The stale gradient outlives the worker between fits (fit() rebuilds optimizers: no momentum here)."""
-    model = _double(lambda: TinyClassifier("plain_sgd"))
+    model = in_float64(lambda: TinyClassifier("plain_sgd"))
     rec = Recorder()
     t = trainer(_asyncsam(), max_epochs=2, precision="64-true", callbacks=[rec])
     t.fit(model, loader(make_data(), B))
     t.fit_loop.max_epochs = 4
     t.fit(model, loader(make_data(), B))
-    net = _double(lambda: TinyClassifier().net)
+    net = in_float64(lambda: TinyClassifier().net)
     want = reference_asyncsam(net, make_optimizer("plain_sgd", net.parameters()), epochs_of(make_data(), B, 4), RHO, 4)
     assert_trajectories_close(rec.steps, want)
 
@@ -225,7 +218,7 @@ def test_two_fit_calls_continue_the_trajectory() -> None:
 def test_resume_from_checkpoint_continues_the_trajectory(tmp_path, crash_epoch: int, ascent_data: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    full = _double(TinyClassifier)
+    full = in_float64(TinyClassifier)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     t = trainer(_asyncsam(ascent_data=ascent_data), max_epochs=4, precision="64-true", callbacks=[ckpt],
                 enable_checkpointing=True)
@@ -234,7 +227,7 @@ def test_resume_from_checkpoint_continues_the_trajectory(tmp_path, crash_epoch: 
     path = tmp_path / f"epoch={crash_epoch - 1}.ckpt"
     state = torch.load(path, weights_only=True)
     assert any("AsyncSAMCallback" in k for k in state["callbacks"]), "the stale gradient is not in the checkpoint"
-    resumed = _double(lambda: TinyClassifier(seed=123))  # other initial weights: the checkpoint must win
+    resumed = in_float64(lambda: TinyClassifier(seed=123))  # other initial weights: the checkpoint must win
     t2 = trainer(_asyncsam(ascent_data=ascent_data), max_epochs=4, precision="64-true")
     t2.fit(resumed, loader(make_data(), B), ckpt_path=path)
     for a, b in zip(resumed.parameters(), full.parameters()):

@@ -17,6 +17,15 @@ from torch.utils.data import DataLoader, TensorDataset
 N_FEATURES, N_CLASSES = 5, 3
 
 
+def in_float64(build: Callable[[], object]):
+    """Build something (a model) with float64 as the default dtype."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        return build()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def make_net(seed: int = 0, batchnorm: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Linear(N_FEATURES, 7)]
