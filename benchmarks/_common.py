@@ -18,13 +18,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def git_sha() -> str | None:
+    """The checkout's commit, or ``$GIT_SHA`` where the tree travelled without its .git (a loaned GPU box)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty else "")
     except OSError:
-        return None
+        pass
+    return os.environ.get("GIT_SHA")
 
 
 def cpu_model() -> str:

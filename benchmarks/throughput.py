@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam  # noqa: F401  (registers the strategies)
-from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, SAMStrategy
 from lightning_asyncsam.models import CifarResNet, WideResNet
 
 try:
@@ -72,9 +72,13 @@ class StepClock(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.stamps.append(self._now())
-        for k in ASYNC_METRICS:  # the previous step's values (our callback logs after this one runs)
-            if k in trainer.callback_metrics and len(self.stamps) > 1:
-                self.diag[k].append(float(trainer.callback_metrics[k]))
+        # The previous step's values: AsyncSAMCallback runs after this one. Read from the callback,
+        # not from `callback_metrics`, so that AsyncSAM pays for no extra logging here.
+        sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
+        if sync and len(self.stamps) > 1:
+            for k, v in sync[0].metrics.items():
+                if k in self.diag:
+                    self.diag[k].append(v)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.stamps.append(self._now())
@@ -98,8 +102,7 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
     clock = StepClock(args.accelerator == "cuda")
     trainer = L.Trainer(strategy=make_strategy(algo, args), accelerator=args.accelerator, devices=1,
                         max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[clock], precision=args.precision,
-                        log_every_n_steps=1)  # AsyncSAM's diagnostics reach callback_metrics every step
+                        enable_model_summary=False, callbacks=[clock], precision=args.precision)
     trainer.fit(Net(model), DataLoader(data, batch_size=args.batch_size, shuffle=True))
     t = clock.stamps
     measured = t[-1] - t[args.warmup]
@@ -110,6 +113,52 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
         if tail:
             out[k.split("/")[1] + "_median"] = statistics.median(tail)
     return out
+
+
+def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: list[str], algos: list[str],
+                args: argparse.Namespace, final: bool) -> str:
+    """Write the table and the JSON (after every run, so that a run cut short still leaves its numbers)."""
+    env = environment()
+    done = sum(len(runs) for per_model in results.values() for runs in per_model.values())
+    total = len(models) * len(algos) * args.reps
+    lines = [
+        f"Throughput, b = {args.batch_size}, {args.accelerator} main process with {args.main_threads} thread(s), "
+        f"ascent worker with {args.ascent_threads} thread(s); median [min, max] of {args.reps} interleaved runs, "
+        f"{args.steps} steps each after {args.warmup} warm-up steps."
+        + ("" if final else f" PARTIAL: {done} of {total} runs done."),
+        "",
+        "| model | algorithm | images/s | x SGD | b' | wait ms | overhead ms | perturb+restore ms | ascent ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {}
+    for model in models:
+        sgd_runs = results[model].get("sgd") or []
+        sgd = statistics.median(r["images_per_s"] for r in sgd_runs) if sgd_runs else None
+        for algo in algos:
+            runs = results[model][algo]
+            if not runs:
+                continue
+            ips = [r["images_per_s"] for r in runs]
+            med = statistics.median(ips)
+            ratio = med / sgd if sgd else float("nan")
+
+            def diag(key: str, fmt: str = "{:.2f}") -> str:
+                vals = [r[key] for r in runs if key in r]
+                return fmt.format(statistics.median(vals)) if vals else "-"
+
+            summary[f"{model}/{algo}"] = {"images_per_s_median": med, "min": min(ips), "max": max(ips),
+                                          "ratio_to_sgd": ratio, "runs": len(runs)}
+            lines.append(
+                f"| {model} | {algo} | {med:.1f} [{min(ips):.1f}, {max(ips):.1f}] | {ratio:.3f} | "
+                f"{diag('ascent_batch_size_median', '{:.0f}')} | {diag('wait_ms_median')} | "
+                f"{diag('overhead_ms_median')} | {diag('perturb_ms_median')} | {diag('ascent_ms_median', '{:.0f}')} |"
+            )
+    lines += ["", environment_markdown(env)]
+    table = "\n".join(lines)
+    path = write_results(args.name or f"throughput_{args.accelerator}",
+                         {"settings": vars(args), "environment": env, "complete": final, "summary": summary,
+                          "runs": results}, table)
+    return f"{table}\n\nwrote {path}"
 
 
 def main() -> None:
@@ -136,42 +185,8 @@ def main() -> None:
                 r = run_once(model, algo, args)
                 results[model][algo].append(r)
                 print(f"{model:9s} rep {rep} {algo:14s} {r['images_per_s']:8.1f} img/s", flush=True)
-
-    env = environment()
-    lines = [
-        f"Throughput, b = {args.batch_size}, {args.accelerator} main process with {args.main_threads} thread(s), "
-        f"ascent worker with {args.ascent_threads} thread(s); median [min, max] of {args.reps} interleaved runs, "
-        f"{args.steps} steps each after {args.warmup} warm-up steps.",
-        "",
-        "| model | algorithm | images/s | x SGD | b' | wait ms | overhead ms | perturb+restore ms | ascent ms |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    summary: dict[str, Any] = {}
-    for model in models:
-        sgd = statistics.median(r["images_per_s"] for r in results[model]["sgd"]) if "sgd" in algos else None
-        for algo in algos:
-            runs = results[model][algo]
-            ips = [r["images_per_s"] for r in runs]
-            med = statistics.median(ips)
-            ratio = med / sgd if sgd else float("nan")
-
-            def diag(key: str, fmt: str = "{:.2f}") -> str:
-                vals = [r[key] for r in runs if key in r]
-                return fmt.format(statistics.median(vals)) if vals else "-"
-
-            summary[f"{model}/{algo}"] = {"images_per_s_median": med, "min": min(ips), "max": max(ips),
-                                          "ratio_to_sgd": ratio}
-            lines.append(
-                f"| {model} | {algo} | {med:.1f} [{min(ips):.1f}, {max(ips):.1f}] | {ratio:.3f} | "
-                f"{diag('ascent_batch_size_median', '{:.0f}')} | {diag('wait_ms_median')} | "
-                f"{diag('overhead_ms_median')} | {diag('perturb_ms_median')} | {diag('ascent_ms_median', '{:.0f}')} |"
-            )
-    lines += ["", environment_markdown(env)]
-    table = "\n".join(lines)
-    print(table)
-    path = write_results(args.name or f"throughput_{args.accelerator}",
-                         {"settings": vars(args), "environment": env, "summary": summary, "runs": results}, table)
-    print(f"wrote {path}")
+                write_table(results, models, algos, args, final=False)
+    print(write_table(results, models, algos, args, final=True))
 
 
 if __name__ == "__main__":

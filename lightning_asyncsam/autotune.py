@@ -117,6 +117,6 @@ class AscentBatchTuner:
         s = self.state
         return (
             f"AsyncSAM: ascent batch {self.value} of {self.batch_size} "
-            f"(descent {s.descent_ms_per_sample or float('nan'):.1f} ms/sample on {main_device}, "
-            f"ascent {s.ascent_ms_per_sample or float('nan'):.1f} ms/sample on {ascent_device} x{threads})"
+            f"(descent {s.descent_ms_per_sample or float('nan'):.3g} ms/sample on {main_device}, "
+            f"ascent {s.ascent_ms_per_sample or float('nan'):.3g} ms/sample on {ascent_device} x{threads})"
         )

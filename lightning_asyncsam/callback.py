@@ -7,7 +7,8 @@ itself; users never add it. At the first micro-batch of optimizer step t it
    hands it to the strategy as this step's perturbation direction,
 2. publishes ``w_t`` and the ascent batch ``A_t`` to the worker and starts ``g_t``.
 
-It logs ``asyncsam/*`` diagnostics every step and keeps the stale gradient in the checkpoint, so
+It logs ``asyncsam/*`` diagnostics whenever the loggers update (and ``metrics`` holds them every
+step), and keeps the stale gradient in the checkpoint, so
 that a resumed run continues the trajectory of the uninterrupted one.
 """
 
@@ -134,7 +135,7 @@ class AsyncSAMCallback(Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         strategy = _strategy(trainer)
         direction = strategy.direction
-        if direction is None:
+        if direction is None or not _logs_now(trainer):
             return
         pairs = [(d, p.grad) for d, p in zip(direction, strategy._params) if p.grad is not None]
         if pairs:
@@ -147,13 +148,13 @@ class AsyncSAMCallback(Callback):
         strategy = _strategy(trainer)
         self._metrics["asyncsam/perturb_ms"] = strategy.perturb_ms
         strategy.perturb_ms = 0.0
-        # Lightning's `log` costs about a millisecond per call; on short steps that is no longer
-        # free. Loggers only receive values every `log_every_n_steps` anyway, so we log exactly
-        # then (every step with log_every_n_steps=1), in one call, and at the end of each epoch so
-        # that `trainer.callback_metrics` always holds recent values.
-        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run:
+        if _logs_now(trainer):
             pl_module.log_dict(self._metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest step's ``asyncsam/*`` diagnostics, also on steps that do not log them."""
+        return {k: float(v) for k, v in self._metrics.items()}
 
     # ----------------------------------------------------------------- end of training, checkpoints
     def _hold_in_flight(self, trainer: "pl.Trainer") -> None:
@@ -196,6 +197,19 @@ class AsyncSAMCallback(Callback):
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._trainer_ref = None
+
+
+def _logs_now(trainer: "pl.Trainer") -> bool:
+    """Whether this step's diagnostics reach the loggers.
+
+    Lightning's ``log`` costs about a millisecond per call, and the cosine a pass over the
+    gradients; on short steps neither is free. Loggers only receive values every
+    ``log_every_n_steps`` anyway, so we compute and log exactly then (every step with
+    ``log_every_n_steps=1``), and at the end of each epoch so that ``trainer.callback_metrics``
+    always holds recent values.
+    """
+    last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return bool(trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run)
 
 
 def _strategy(trainer: "pl.Trainer") -> AsyncSAMStrategy:

@@ -275,6 +275,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_data: ``"previous"`` (the paper: A_t is the first b' samples of B_t) or ``"next"``
             (A_t comes from the first micro-batch of step t+1, read one step ahead, so the
             perturbation at step t+1 was computed on the batch that step t+1 descends on).
+        ascent_nice: how far the worker lowers its scheduling priority, 0 to 19 (POSIX ``nice``).
+            The default 10 lets the main process, the critical path, win any contention for cores.
         **kwargs: see :class:`SharpnessAwareStrategy`.
 
     Example::
@@ -296,6 +298,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_device: str | torch.device = "cpu",
         ascent_threads: int | None = None,
         ascent_data: AscentData = "previous",
+        ascent_nice: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(rho=rho, **kwargs)
@@ -308,6 +311,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if ascent_data not in ("previous", "next"):
             raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper) or 'next'")
         self.ascent_data: AscentData = ascent_data
+        if isinstance(ascent_nice, bool) or not isinstance(ascent_nice, int) or not 0 <= ascent_nice <= 19:
+            raise ValueError(f"ascent_nice={ascent_nice!r} is not allowed: use an int from 0 to 19")
+        self.ascent_nice = ascent_nice
         self.worker: AscentWorker | None = None
         self.direction: Sequence[Tensor] | None = None  # this step's e = rho * g_{t-1} / ||g_{t-1}||
         self.cpu_batch: Any = None
@@ -354,7 +360,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 f"ascent_device={self.ascent_device!r} is not allowed: this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
-        self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1)
+        self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1,
+                                   nice=self.ascent_nice)
         if self.root_device.type == "cuda":
             self.worker.weights.pin()
             for g in self.worker.grads:

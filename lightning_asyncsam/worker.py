@@ -15,6 +15,10 @@ The contract, which the tests check:
    exits, and the main process checks the worker's liveness while it waits, raising
    :class:`AscentWorkerError` that names the worker, its pid and its exit code. Nothing waits
    without a liveness check, so nothing hangs.
+5. It yields the CPU to the trainer: it lowers its own scheduling priority (``nice``, 10 by
+   default). The main process is the critical path; the worker has slack by design (b' is sized
+   to finish inside the descent step), so when the cores are oversubscribed (data-loader
+   workers, the OS, other jobs) it is the worker that waits, and "auto" shrinks b' if it must.
 
 Per step the pipe carries one short tuple each way; the tensors move through shared memory
 (:mod:`lightning_asyncsam.shared_buffers`).
@@ -57,6 +61,7 @@ class WorkerSpec:
     grad_names: tuple[str, ...]
     device: str
     threads: int
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
     """Entry point of the worker process."""
     try:
         torch.set_num_threads(spec.threads)
+        if spec.nice and hasattr(os, "nice"):
+            os.nice(spec.nice)
         # The replica's `self.log` has no trainer to write to; Lightning warns and returns.
         warnings.filterwarnings("ignore", message=r".*self\.log.*")
         warnings.filterwarnings("ignore", message=r".*self\.trainer.*")
@@ -199,6 +206,7 @@ class AscentWorker:
         device: where the worker computes (``"cpu"`` or e.g. ``"cuda:1"``).
         threads: torch intra-op threads in the worker.
         capacity: the largest ascent batch it will be handed.
+        nice: how much the worker lowers its scheduling priority (0 to 19; POSIX only).
 
     Example::
 
@@ -209,7 +217,8 @@ class AscentWorker:
         >>> worker.close()  # start() spawns; publish(), submit() and collect() drive one step each
     """
 
-    def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int) -> None:
+    def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
+                 nice: int = 0) -> None:
         tensors = named_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
@@ -226,7 +235,7 @@ class AscentWorker:
         # spawn writes those arguments into a pipe that the child drains only while it imports
         # torch and Lightning, so a large payload there would block Process.start() for seconds.
         payload = torch.frombuffer(bytearray(serialize_module(module)), dtype=torch.uint8).share_memory_()
-        self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads)
+        self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads, nice)
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False

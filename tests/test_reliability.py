@@ -102,6 +102,8 @@ def test_keyboard_interrupt_shuts_everything_down() -> None:
          r"ascent_device='cuda:\d+' is not allowed"),
         ({"ascent_data": "future"}, r"ascent_data='future' is not allowed: use 'previous'"),
         ({"ascent_threads": 0}, r"ascent_threads=0 is not allowed"),
+        ({"ascent_nice": 20}, r"ascent_nice=20 is not allowed: use an int from 0 to 19"),
+        ({"ascent_nice": -5}, r"ascent_nice=-5 is not allowed"),
     ],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(kwargs, message) -> None:

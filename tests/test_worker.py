@@ -43,6 +43,22 @@ def test_worker_returns_the_gradient_at_the_published_weights() -> None:
     worker.close()  # idempotent
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX scheduling priorities")
+def test_worker_yields_the_cpu_to_the_main_process() -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8, nice=7)
+    try:
+        worker.start()
+        worker.publish()
+        worker.submit(0, _batch(), 4, 0)  # waits until the worker has booted
+        worker.collect(timeout=30)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(mine + 7, 19)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the trainer's own priority is untouched
+    finally:
+        worker.close()
+
+
 def test_worker_errors_are_clear() -> None:
     model = TinyClassifier()
     worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
