@@ -18,7 +18,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def git_sha() -> str | None:
-    """The checkout's commit, or ``$GIT_SHA`` where the tree travelled without its .git (a loaned GPU box)."""
+    """The checkout's commit; ``$GIT_SHA`` overrides it where the tree travelled without its history."""
+    if os.environ.get("GIT_SHA"):
+        return os.environ["GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
@@ -27,7 +29,7 @@ def git_sha() -> str | None:
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except OSError:
         pass
-    return os.environ.get("GIT_SHA")
+    return None
 
 
 def cpu_model() -> str:

@@ -11,14 +11,17 @@ Method: every algorithm trains the same model on the same synthetic CIFAR-shaped
 10 classes) with ``Trainer.fit``. Runs are interleaved (the order rotates each repetition) so that
 drift of the machine hits every algorithm alike; the first ``--warmup`` steps of each run are
 dropped; throughput is images / second over the remaining steps, reported as the median and the
-range over repetitions, and as the ratio of medians to SGD's.
+range over repetitions, as the ratio of medians to SGD's, and as the median of paired ratios (each
+run against the SGD run of the same repetition), which is less sensitive to slow drift.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -116,9 +119,9 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: list[str], algos: list[str],
-                args: argparse.Namespace, final: bool) -> str:
+                args: argparse.Namespace, final: bool, env: dict[str, Any] | None = None) -> str:
     """Write the table and the JSON (after every run, so that a run cut short still leaves its numbers)."""
-    env = environment()
+    env = env or environment()
     done = sum(len(runs) for per_model in results.values() for runs in per_model.values())
     total = len(models) * len(algos) * args.reps
     lines = [
@@ -127,8 +130,9 @@ def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: lis
         f"{args.steps} steps each after {args.warmup} warm-up steps."
         + ("" if final else f" PARTIAL: {done} of {total} runs done."),
         "",
-        "| model | algorithm | images/s | x SGD | b' | wait ms | overhead ms | perturb+restore ms | ascent ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | algorithm | images/s | x SGD | x SGD, paired | b' | wait ms | overhead ms | perturb+restore ms "
+        "| ascent ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {}
     for model in models:
@@ -146,10 +150,15 @@ def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: lis
                 vals = [r[key] for r in runs if key in r]
                 return fmt.format(statistics.median(vals)) if vals else "-"
 
+            # Paired: the ratio to the SGD run of the same repetition (minutes apart, not tens of
+            # minutes), so that slow drift of the machine cancels; median [min, max] over repetitions.
+            paired = [r["images_per_s"] / base["images_per_s"] for r, base in zip(runs, sgd_runs)]
+            paired_text = (f"{statistics.median(paired):.3f} [{min(paired):.2f}, {max(paired):.2f}]"
+                           if paired else "-")
             summary[f"{model}/{algo}"] = {"images_per_s_median": med, "min": min(ips), "max": max(ips),
-                                          "ratio_to_sgd": ratio, "runs": len(runs)}
+                                          "ratio_to_sgd": ratio, "paired_ratios": paired, "runs": len(runs)}
             lines.append(
-                f"| {model} | {algo} | {med:.1f} [{min(ips):.1f}, {max(ips):.1f}] | {ratio:.3f} | "
+                f"| {model} | {algo} | {med:.1f} [{min(ips):.1f}, {max(ips):.1f}] | {ratio:.3f} | {paired_text} | "
                 f"{diag('ascent_batch_size_median', '{:.0f}')} | {diag('wait_ms_median')} | "
                 f"{diag('overhead_ms_median')} | {diag('perturb_ms_median')} | {diag('ascent_ms_median', '{:.0f}')} |"
             )
@@ -174,7 +183,16 @@ def main() -> None:
     p.add_argument("--main-threads", type=int, default=1, help="torch threads of the main process")
     p.add_argument("--ascent-threads", type=int, default=1, help="torch threads of the ascent worker")
     p.add_argument("--name", default=None, help="results file name (default: throughput_<accelerator>)")
+    p.add_argument("--retable", default=None, metavar="JSON",
+                   help="rebuild the table of an earlier results file (its own settings and machine)")
     args = p.parse_args()
+    if args.retable:
+        saved = json.loads(Path(args.retable).read_text())
+        old = argparse.Namespace(**{**saved["settings"], "name": Path(args.retable).stem})
+        runs = saved["runs"]
+        print(write_table(runs, list(runs), list(next(iter(runs.values()))), old, saved.get("complete", True),
+                          saved["environment"]))
+        return
     torch.set_num_threads(args.main_threads)
     models, algos = args.models.split(","), args.algorithms.split(",")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {a: [] for a in algos} for m in models}

@@ -77,12 +77,12 @@ class AsyncSAMCallback(Callback):
                 else:
                     result = worker.collect()
                 self._after_ascent(strategy, result.ascent_ms, result.grad_norm, result.samples, start)
-                direction = worker.grads[(step - 1) % 2].views()
+                direction = worker.grads[(step - 1) % 2]
             else:
                 worker.collect()  # stale by more than one step (e.g. a skipped batch): drop it
         elif self._held is not None and self._step == step - 1:
             worker.grads[(step - 1) % 2].load_flat(self._held)
-            direction = worker.grads[(step - 1) % 2].views()
+            direction = worker.grads[(step - 1) % 2]
         self._held = None
         strategy.use_gradient(direction)
 

@@ -65,19 +65,68 @@ class FlatTensors:
         self._flats = [torch.zeros(max(n, 1), dtype=d).share_memory_() for d, n in zip(dtypes, sizes)]
         self._views: list[Tensor] | None = None
         self._pinned = False
+        self._staging: list[Tensor] | None = None  # flat copies on the main device, see stage()
+        self._staging_views: list[Tensor] = []
         if like:
             self.copy_from(like)
 
+    def _views_of(self, flats: Sequence[Tensor]) -> list[Tensor]:
+        return [flats[s.group][s.offset : s.offset + s.numel].view(s.shape) for s in self._slots]
+
     def views(self) -> list[Tensor]:
         if self._views is None:
-            self._views = [self._flats[s.group][s.offset : s.offset + s.numel].view(s.shape) for s in self._slots]
+            self._views = self._views_of(self._flats)
         return self._views
 
     @torch.no_grad()
     def copy_from(self, tensors: Sequence[Tensor]) -> None:
         """Write ``tensors`` into the buffers (device-to-host where they live on a GPU)."""
-        if self._slots:
-            torch._foreach_copy_(self.views(), list(tensors), non_blocking=self._pinned)
+        if not self._slots:
+            return
+        tensors = list(tensors)
+        if self._staging is not None and tensors[0].device == self._staging[0].device:
+            # One fused gather on the device, then one transfer per dtype instead of one per tensor.
+            torch._foreach_copy_(self._staging_views, tensors)
+            for flat, staged in zip(self._flats, self._staging):
+                flat.copy_(staged, non_blocking=self._pinned)
+        else:
+            torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
+
+    def stage(self, device: torch.device | str, share_with: FlatTensors | None = None) -> None:
+        """Keep a flat copy of the buffers on ``device`` for :meth:`copy_from` and :meth:`to_device`.
+
+        Args:
+            device: the main process's device.
+            share_with: another ``FlatTensors`` of the same layout whose staging copy this one
+                reuses (the two gradient buffers are never on the device at the same time).
+        """
+        if share_with is not None and share_with._staging is not None:
+            self._staging = share_with._staging
+        else:
+            self._staging = [torch.empty_like(f, device=device) for f in self._flats]
+        self._staging_views = self._views_of(self._staging)
+
+    @torch.no_grad()
+    def to_device(self) -> list[Tensor]:
+        """The buffers' values on the staging device, as views of one flat copy per dtype.
+
+        The views stay valid (and are overwritten) until the next call; without :meth:`stage`
+        the host views themselves are returned.
+
+        Example::
+
+            >>> flat = FlatTensors([torch.ones(2), torch.zeros(3)])
+            >>> flat.stage("cpu")
+            >>> flat.views()[1].fill_(5.0) is not None
+            True
+            >>> [v.tolist() for v in flat.to_device()]
+            [[1.0, 1.0], [5.0, 5.0, 5.0]]
+        """
+        if self._staging is None:
+            return self.views()
+        for staged, flat in zip(self._staging, self._flats):
+            staged.copy_(flat, non_blocking=self._pinned)
+        return self._staging_views
 
     @torch.no_grad()
     def copy_to(self, tensors: Sequence[Tensor]) -> None:
@@ -99,12 +148,14 @@ class FlatTensors:
         for dst, src in zip(self._flats, flats):
             dst.copy_(src)
 
-    def pin(self) -> None:
-        """Page-lock the buffers so that copies to and from a GPU run asynchronously.
+    def pin(self, device: torch.device | str, share_with: FlatTensors | None = None) -> None:
+        """Prepare fast transfers to and from ``device``, a GPU (main process only).
 
-        The memory stays shared with the worker: CUDA registers the existing pages instead of
-        allocating new pinned ones. Only the main process calls this, and only with a CUDA device.
+        Page-locks the buffers so that the copies run asynchronously (the memory stays shared
+        with the worker: CUDA registers the existing pages instead of allocating new pinned ones),
+        and stages them on the device (see :meth:`stage`).
         """
+        self.stage(device, share_with)
         if self._pinned or not torch.cuda.is_available():
             return
         cudart = torch.cuda.cudart()
@@ -115,6 +166,7 @@ class FlatTensors:
         self._pinned = True
 
     def unpin(self) -> None:
+        self._staging, self._staging_views = None, []
         if self._pinned:
             cudart = torch.cuda.cudart()
             for f in self._flats:
@@ -123,7 +175,8 @@ class FlatTensors:
 
     def __getstate__(self) -> dict[str, Any]:
         # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
-        return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False}
+        return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False, "_staging": None,
+                "_staging_views": []}
 
 
 class BatchSlot:

@@ -40,6 +40,7 @@ from typing_extensions import override
 import lightning.pytorch as pl
 from lightning_asyncsam.functional import perturb_, restore_, scale_to_radius_
 from lightning_asyncsam.lookahead import LookaheadLoader
+from lightning_asyncsam.shared_buffers import FlatTensors
 from lightning_asyncsam.worker import AscentWorker, ascent_loss
 
 AscentData = Literal["previous", "next"]
@@ -318,7 +319,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.direction: Sequence[Tensor] | None = None  # this step's e = rho * g_{t-1} / ||g_{t-1}||
         self.cpu_batch: Any = None
         self.lookahead: LookaheadLoader | None = None
-        self._device_direction: list[Tensor] | None = None
 
     @property
     def threads(self) -> int:
@@ -363,10 +363,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1,
                                    nice=self.ascent_nice)
         if self.root_device.type == "cuda":
-            self.worker.weights.pin()
-            for g in self.worker.grads:
-                g.pin()
-            self._device_direction = [torch.empty_like(p) for p in self._params]
+            self.worker.weights.pin(self.root_device)
+            first, second = self.worker.grads
+            first.pin(self.root_device)
+            second.pin(self.root_device, share_with=first)  # one device copy of the direction
         self.worker.start()
 
     def close_worker(self) -> None:
@@ -424,20 +424,19 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         return self.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
 
     # ----------------------------------------------------------------- the perturbation
-    def use_gradient(self, grads: Sequence[Tensor] | None) -> None:
-        """Make ``g_{t-1}`` (host buffers, consumed) this step's perturbation; None: no perturbation.
+    def use_gradient(self, grads: FlatTensors | None) -> None:
+        """Make ``g_{t-1}`` (a host buffer from the worker) this step's perturbation; None: no perturbation.
 
-        The step ``e = rho * g / ||g||`` is formed once here, in place, and every micro-batch of the
-        step adds it: no allocation and no second pass over the weights per micro-batch.
+        The gradient moves to the main device in one copy per dtype, and the step
+        ``e = rho * g / ||g||`` is formed there once, in place: every micro-batch of the step adds
+        it, with no allocation and no second pass over the weights per micro-batch.
         """
         if grads is None:
             self.direction = None
             return
-        if self._device_direction is not None:
-            torch._foreach_copy_(self._device_direction, list(grads), non_blocking=True)
-            grads = self._device_direction
-        scale_to_radius_(grads, self.rho)
-        self.direction = grads
+        direction = grads.to_device()
+        scale_to_radius_(direction, self.rho)
+        self.direction = direction
 
     @override
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
@@ -46,7 +47,10 @@ def _children(pid: int) -> list[tuple[int, str]]:
 # design, until the interpreter exits: the resource tracker process (started with the first spawned
 # child) and the resource sharer's thread (which hands shared-memory file descriptors to a child
 # over a pipe). They belong to the interpreter, not to a test; anything else is a leak.
-_STDLIB_SERVICES = ("multiprocessing.resource_tracker",)
+# Open MPI's singleton daemon `orted` is the same kind of thing: where mpi4py is installed,
+# Lightning's MPIEnvironment.detect() initializes MPI at the first Trainer, which starts `orted`
+# for the rest of the interpreter's life (seen on a GPU box), whatever the strategy.
+_STDLIB_SERVICES = ("multiprocessing.resource_tracker", "orted --hnp")
 
 
 def _threads() -> set[threading.Thread]:
@@ -79,4 +83,6 @@ def process_police():
             os.kill(pid, 9)
         except OSError:
             pass
-    pytest.fail(f"test left behind child processes {children} and threads {[t.name for t in threads]}")
+    message = f"test left behind child processes {children} and threads {[t.name for t in threads]}"
+    print(f"process police: {message}", file=sys.stderr, flush=True)  # seen even if a later test crashes
+    pytest.fail(message)

@@ -25,6 +25,27 @@ def test_flat_tensors_round_trip_mixed_dtypes() -> None:
     assert all(torch.equal(a, b) for a, b in zip(out, new))
 
 
+def test_staged_transfers_carry_the_same_values() -> None:
+    # The staging path (one gather on the main device, one transfer per dtype) is device-agnostic;
+    # on a GPU it is what the `gpu` tests run, here it runs with the CPU as the "device".
+    src = [torch.randn(2, 3), torch.arange(4), torch.randn(5)]
+    flat = FlatTensors(src)
+    flat.stage("cpu")
+    new = [torch.randn(2, 3), torch.arange(4) * 3, torch.randn(5)]
+    flat.copy_from(new)
+    assert all(torch.equal(a, b) for a, b in zip(flat.views(), new))
+    flat.views()[2].fill_(7.0)  # the worker writes the host buffer
+    staged = flat.to_device()
+    assert torch.equal(staged[2], torch.full((5,), 7.0)) and torch.equal(staged[1], new[1])
+    assert staged[2].data_ptr() != flat.views()[2].data_ptr()  # a copy, not the shared buffer
+    twin = FlatTensors(src)
+    twin.stage("cpu", share_with=flat)
+    assert twin.to_device()[0].data_ptr() == staged[0].data_ptr()  # the two gradient buffers share it
+    assert torch.equal(twin.to_device()[0], src[0])
+    flat.unpin()
+    assert flat.to_device()[0].data_ptr() == flat.views()[0].data_ptr()
+
+
 def test_load_flat_rejects_another_model() -> None:
     flat = FlatTensors([torch.zeros(3)])
     with pytest.raises(ValueError, match="does not match this model"):
