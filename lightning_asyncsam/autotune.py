@@ -25,6 +25,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# b / b' beyond which the paper measured a real loss of accuracy (Table 4.2: fine up to ~3, still
+# well above SGD at 5): past this, "auto" keeps SGD's speed but no longer delivers SAM's accuracy.
+SAFE_RATIO = 5.0
+
 
 @dataclass
 class TunerState:
@@ -111,6 +115,26 @@ class AscentBatchTuner:
             self.settled = True
             return True
         return False
+
+    def advice(self, ascent_device: str) -> str | None:
+        """A warning when b' settled so small that the perturbation is weak (b / b' > ``SAFE_RATIO``).
+
+        Example::
+
+            >>> tuner = AscentBatchTuner(batch_size=128)
+            >>> tuner.value = 1
+            >>> print(tuner.advice("cpu"))  # doctest: +ELLIPSIS
+            AsyncSAM: b / b' = 128 is far past the paper's range (<= 3, Table 4.2): the ascent on cpu ...
+        """
+        ratio = self.batch_size / self.value
+        if ratio <= SAFE_RATIO:
+            return None
+        return (
+            f"AsyncSAM: b / b' = {ratio:.0f} is far past the paper's range (<= 3, Table 4.2): the ascent on "
+            f"{ascent_device} is too slow for this model to keep up with the descent, so training runs at "
+            "SGD's speed but gets little of SAM's gain. Give the worker more threads (ascent_threads), a "
+            "faster device (ascent_device='cuda:1'), or pin ascent_batch_size (the main process then waits)."
+        )
 
     def describe(self, main_device: str, ascent_device: str, threads: int) -> str:
         """The one line printed when b' settles."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -128,6 +128,9 @@ class AsyncSAMCallback(Callback):
             if self._tuner.observe(window_ms, ascent_ms, samples) and not self._announced:
                 self._announced = True
                 rank_zero_info(self._tuner.describe(str(strategy.root_device), strategy.ascent_device, strategy.threads))
+                advice = self._tuner.advice(strategy.ascent_device)
+                if advice is not None:
+                    rank_zero_warn(advice)
 
     # ----------------------------------------------------------------- diagnostics
     @override

@@ -38,6 +38,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning.pytorch as pl
+from lightning_asyncsam.affinity import ProcessAffinity, available_cores, split_cores
 from lightning_asyncsam.functional import perturb_, restore_, scale_to_radius_
 from lightning_asyncsam.lookahead import LookaheadLoader
 from lightning_asyncsam.shared_buffers import FlatTensors
@@ -278,6 +279,12 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             perturbation at step t+1 was computed on the batch that step t+1 descends on).
         ascent_nice: how far the worker lowers its scheduling priority, 0 to 19 (POSIX ``nice``).
             The default 10 lets the main process, the critical path, win any contention for cores.
+        ascent_cpus: the cores the worker runs on (Linux); the trainer's process keeps the rest of
+            its cores while the worker lives, so the two never share one. ``"auto"``: split this
+            rank's share of the cores when the main process computes on the CPU too (the worker
+            takes ``ascent_threads`` of them), and leave both unpinned beside a GPU, where the
+            main process's cores also serve its data-loader workers. A list of core ids pins the
+            worker there in any case. None: no pinning.
         **kwargs: see :class:`SharpnessAwareStrategy`.
 
     Example::
@@ -300,6 +307,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_threads: int | None = None,
         ascent_data: AscentData = "previous",
         ascent_nice: int = 10,
+        ascent_cpus: Sequence[int] | Literal["auto"] | None = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(rho=rho, **kwargs)
@@ -315,6 +323,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if isinstance(ascent_nice, bool) or not isinstance(ascent_nice, int) or not 0 <= ascent_nice <= 19:
             raise ValueError(f"ascent_nice={ascent_nice!r} is not allowed: use an int from 0 to 19")
         self.ascent_nice = ascent_nice
+        self.ascent_cpus = _check_ascent_cpus(ascent_cpus)
+        self._affinity = ProcessAffinity()
         self.worker: AscentWorker | None = None
         self.direction: Sequence[Tensor] | None = None  # this step's e = rho * g_{t-1} / ||g_{t-1}||
         self.cpu_batch: Any = None
@@ -360,19 +370,44 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 f"ascent_device={self.ascent_device!r} is not allowed: this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
+        main_cores, worker_cores = self._core_split()
         self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1,
-                                   nice=self.ascent_nice)
+                                   nice=self.ascent_nice, cpus=worker_cores)
         if self.root_device.type == "cuda":
             self.worker.weights.pin(self.root_device)
             first, second = self.worker.grads
             first.pin(self.root_device)
             second.pin(self.root_device, share_with=first)  # one device copy of the direction
         self.worker.start()
+        if main_cores:
+            self._affinity.confine(main_cores)
+
+    def _core_split(self) -> tuple[list[int] | None, list[int] | None]:
+        """(the trainer's cores, the worker's cores) while the worker lives; None: unpinned."""
+        cores = available_cores()
+        if self.ascent_cpus is None or cores is None:
+            if isinstance(self.ascent_cpus, list):
+                raise ValueError(f"ascent_cpus={self.ascent_cpus!r} is not allowed: this OS cannot pin processes; "
+                                 "use None")
+            return None, None
+        if self.ascent_cpus == "auto":
+            both_on_cpu = self.root_device.type == "cpu" and torch.device(self.ascent_device).type == "cpu"
+            split = split_cores(cores, self.local_rank, self.num_processes, self.threads) if both_on_cpu else None
+            return split if split is not None else (None, None)
+        wanted = list(self.ascent_cpus)
+        rest = [c for c in cores if c not in wanted]
+        if any(c not in cores for c in wanted) or not rest:
+            raise ValueError(
+                f"ascent_cpus={wanted!r} is not allowed: use core ids among {cores}, leaving at least one "
+                "for the trainer"
+            )
+        return rest, wanted
 
     def close_worker(self) -> None:
-        """Stop the worker (safe to call at any time, any number of times)."""
+        """Stop the worker and give the trainer its cores back (safe to call at any time, any number of times)."""
         worker, self.worker = self.worker, None
         self.direction = None
+        self._affinity.restore()
         if worker is not None:
             worker.close()
 
@@ -446,6 +481,15 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
+
+
+def _check_ascent_cpus(value: object) -> list[int] | Literal["auto"] | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    if (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value)):
+        return sorted(set(value))
+    raise ValueError(f"ascent_cpus={value!r} is not allowed: use 'auto', None, or a non-empty list of core ids")
 
 
 def _check_ascent_batch_size(value: int | float | str) -> int | float | str:

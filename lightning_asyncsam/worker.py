@@ -62,6 +62,7 @@ class WorkerSpec:
     device: str
     threads: int
     nice: int = 0
+    cpus: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def ascent_loss(module: nn.Module, batch: Any, batch_idx: int) -> Tensor:
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors]) -> None:
     """Entry point of the worker process."""
     try:
+        if spec.cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, spec.cpus)  # before torch starts its thread pool, which inherits it
         torch.set_num_threads(spec.threads)
         if spec.nice and hasattr(os, "nice"):
             os.nice(spec.nice)
@@ -207,6 +210,7 @@ class AscentWorker:
         threads: torch intra-op threads in the worker.
         capacity: the largest ascent batch it will be handed.
         nice: how much the worker lowers its scheduling priority (0 to 19; POSIX only).
+        cpus: the cores the worker is confined to (Linux); None: wherever the OS puts it.
 
     Example::
 
@@ -218,7 +222,7 @@ class AscentWorker:
     """
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
-                 nice: int = 0) -> None:
+                 nice: int = 0, cpus: Sequence[int] | None = None) -> None:
         tensors = named_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
@@ -235,7 +239,8 @@ class AscentWorker:
         # spawn writes those arguments into a pipe that the child drains only while it imports
         # torch and Lightning, so a large payload there would block Process.start() for seconds.
         payload = torch.frombuffer(bytearray(serialize_module(module)), dtype=torch.uint8).share_memory_()
-        self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads, nice)
+        self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads, nice,
+                                tuple(cpus) if cpus else None)
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False

@@ -70,3 +70,13 @@ def test_ignores_empty_measurements() -> None:
 def test_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         AscentBatchTuner(**kwargs)
+
+
+def test_warns_only_when_b_over_b_prime_leaves_the_papers_range() -> None:
+    near = AscentBatchTuner(128)
+    _run(near, 1.0, 3.0)  # b' = 38: b/b' = 3.4, inside what Table 4.2 found harmless
+    assert near.advice("cpu") is None
+    far = AscentBatchTuner(128)
+    _run(far, 0.088, 7.2)  # measured on an H200 with an 8-thread CPU worker: b' = 1
+    assert far.value == 1
+    assert "b / b' = 128 is far past the paper's range" in far.advice("cpu")

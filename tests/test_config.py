@@ -144,17 +144,14 @@ def test_algorithms_instantiate_the_strategies(tmp_path: Path) -> None:
             "algorithm.strategy.ascent_batch_size=16",
             "algorithm.strategy.ascent_threads=1",
             "algorithm.strategy.ascent_data=next",
+            "algorithm.strategy.ascent_nice=3",
         ],
         tmp_path,
     )
     asyncsam = instantiate(cfg.algorithm.strategy)
     assert isinstance(asyncsam, lightning_asyncsam.AsyncSAMStrategy)
-    assert (asyncsam.rho, asyncsam.ascent_batch_size, asyncsam.ascent_threads, asyncsam.ascent_data) == (
-        0.1,
-        16,
-        1,
-        "next",
-    )
+    assert (asyncsam.rho, asyncsam.ascent_batch_size, asyncsam.ascent_threads, asyncsam.ascent_data,
+            asyncsam.ascent_nice) == (0.1, 16, 1, "next", 3)
     assert instantiate(compose_train([], tmp_path).algorithm.strategy).ascent_batch_size == "auto"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
@@ -44,3 +45,20 @@ def test_auto_batch_size_settles_and_prints_one_line(tmp_path, caplog) -> None:
     assert all(1 <= s <= 8 for s in sizes)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("AsyncSAM: ascent batch")]
     assert len(lines) == 1 and " of 8 (descent " in lines[0] and "ms/sample on cpu x1)" in lines[0]
+
+
+class SlowAscent(TinyClassifier):
+    """A worker about 30 ms per sample slower than the main process: "auto" must fall to b' = 1."""
+
+    def ascent_loss(self, batch):
+        import time
+
+        x, y = batch
+        time.sleep(0.03 * len(x))
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+def test_auto_warns_when_the_worker_is_too_slow_for_sams_gain(tmp_path) -> None:
+    t = trainer(AsyncSAMStrategy(ascent_threads=1), max_epochs=2)
+    with pytest.warns(UserWarning, match=r"b / b' = 8 is far past the paper's range"):
+        t.fit(SlowAscent(), loader(make_data(n=160, dtype=torch.float32), 8))

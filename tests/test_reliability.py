@@ -104,6 +104,9 @@ def test_keyboard_interrupt_shuts_everything_down() -> None:
         ({"ascent_threads": 0}, r"ascent_threads=0 is not allowed"),
         ({"ascent_nice": 20}, r"ascent_nice=20 is not allowed: use an int from 0 to 19"),
         ({"ascent_nice": -5}, r"ascent_nice=-5 is not allowed"),
+        ({"ascent_cpus": []}, r"ascent_cpus=\[\] is not allowed: use 'auto', None, or a non-empty list"),
+        ({"ascent_cpus": "all"}, r"ascent_cpus='all' is not allowed"),
+        ({"ascent_cpus": [4096]}, r"ascent_cpus=\[4096\] is not allowed: use core ids among \["),
     ],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(kwargs, message) -> None:
