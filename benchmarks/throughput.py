@@ -127,7 +127,7 @@ def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: lis
     total = len(models) * len(algos) * args.reps
     lines = [
         f"Throughput, b = {args.batch_size}, {args.accelerator} main process with {args.main_threads} thread(s), "
-        f"ascent worker with {args.ascent_threads} thread(s), ascent_cpus={getattr(args, 'ascent_cpus', 'auto')}; median [min, max] of {args.reps} interleaved runs, "
+        f"ascent worker with {args.ascent_threads} thread(s), ascent_cpus={getattr(args, 'ascent_cpus', 'none')}; median [min, max] of {args.reps} interleaved runs, "
         f"{args.steps} steps each after {args.warmup} warm-up steps."
         + ("" if final else f" PARTIAL: {done} of {total} runs done."),
         "",
@@ -183,8 +183,8 @@ def main() -> None:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--main-threads", type=int, default=1, help="torch threads of the main process")
     p.add_argument("--ascent-threads", type=int, default=1, help="torch threads of the ascent worker")
-    p.add_argument("--ascent-cpus", default="auto", choices=["auto", "none"],
-                   help="AsyncSAM's ascent_cpus: 'auto' splits the cores between trainer and worker on a CPU main")
+    p.add_argument("--ascent-cpus", default="none", choices=["auto", "none"],
+                   help="AsyncSAM's ascent_cpus ('none': None, the default; 'auto': split the cores on a CPU main)")
     p.add_argument("--name", default=None, help="results file name (default: throughput_<accelerator>)")
     p.add_argument("--retable", default=None, metavar="JSON",
                    help="rebuild the table of an earlier results file (its own settings and machine)")

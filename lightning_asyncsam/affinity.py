@@ -3,7 +3,8 @@
 When the main process computes on the CPU too, the worker hides behind the descent only if the two
 never share a core. Leaving that to the OS scheduler is not enough: it migrates the main thread
 onto the worker's core and back, and every other runnable task preempts one of them.
-``benchmarks/concurrency.py`` measures what a busy worker costs the main process either way.
+``benchmarks/concurrency.py`` measures what a busy worker costs the main process either way; on
+this project's 2-core VM the difference was within the noise, so pinning is opt-in.
 """
 
 from __future__ import annotations

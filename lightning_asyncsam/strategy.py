@@ -280,11 +280,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_nice: how far the worker lowers its scheduling priority, 0 to 19 (POSIX ``nice``).
             The default 10 lets the main process, the critical path, win any contention for cores.
         ascent_cpus: the cores the worker runs on (Linux); the trainer's process keeps the rest of
-            its cores while the worker lives, so the two never share one. ``"auto"``: split this
-            rank's share of the cores when the main process computes on the CPU too (the worker
-            takes ``ascent_threads`` of them), and leave both unpinned beside a GPU, where the
-            main process's cores also serve its data-loader workers. A list of core ids pins the
-            worker there in any case. None: no pinning.
+            its cores while the worker lives, so the two never share one. None (the default): no
+            pinning. ``"auto"``: split this rank's share of the cores when the main process computes
+            on the CPU too (the worker takes ``ascent_threads`` of them); beside a GPU, where the
+            main process's cores also serve its data-loader workers, pin nothing. A list of core
+            ids pins the worker there in any case.
         **kwargs: see :class:`SharpnessAwareStrategy`.
 
     Example::
@@ -307,7 +307,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_threads: int | None = None,
         ascent_data: AscentData = "previous",
         ascent_nice: int = 10,
-        ascent_cpus: Sequence[int] | Literal["auto"] | None = "auto",
+        ascent_cpus: Sequence[int] | Literal["auto"] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(rho=rho, **kwargs)

@@ -19,6 +19,7 @@ The contract, which the tests check:
    default). The main process is the critical path; the worker has slack by design (b' is sized
    to finish inside the descent step), so when the cores are oversubscribed (data-loader
    workers, the OS, other jobs) it is the worker that waits, and "auto" shrinks b' if it must.
+   Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.affinity`).
 
 Per step the pipe carries one short tuple each way; the tensors move through shared memory
 (:mod:`lightning_asyncsam.shared_buffers`).

@@ -65,10 +65,9 @@ def test_cpu_training_splits_the_cores_and_gives_them_back(ascent_cpus: str) -> 
 
 
 @needs_two_cores
-def test_no_pinning_when_asked_for_none() -> None:
+def test_no_pinning_by_default() -> None:
     cores = Cores()
-    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1, ascent_cpus=None), max_epochs=1,
-                callbacks=[cores])
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, callbacks=[cores])
     t.fit(TinyClassifier(), loader(make_data(dtype=torch.float32), 8))
     assert cores.main == set(CORES) and cores.worker == set(CORES)
 
@@ -81,7 +80,7 @@ def test_a_failed_fit_gives_the_cores_back() -> None:
                 raise RuntimeError("boom")
             return super().training_step(batch, batch_idx)
 
-    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1)
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1, ascent_cpus="auto"), max_epochs=1)
     with pytest.raises(RuntimeError, match="boom"):
         t.fit(Boom(), loader(make_data(dtype=torch.float32), 8))
     assert os.sched_getaffinity(0) == set(CORES)
