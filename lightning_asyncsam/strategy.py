@@ -384,12 +384,13 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     def _core_split(self) -> tuple[list[int] | None, list[int] | None]:
         """(the trainer's cores, the worker's cores) while the worker lives; None: unpinned."""
-        cores = available_cores()
-        if self.ascent_cpus is None or cores is None:
-            if isinstance(self.ascent_cpus, list):
-                raise ValueError(f"ascent_cpus={self.ascent_cpus!r} is not allowed: this OS cannot pin processes; "
-                                 "use None")
+        if self.ascent_cpus is None:
             return None, None
+        cores = available_cores()
+        if cores is None:  # no affinity API on this OS
+            if self.ascent_cpus == "auto":
+                return None, None
+            raise ValueError(f"ascent_cpus={self.ascent_cpus!r} is not allowed: this OS cannot pin processes; use None")
         if self.ascent_cpus == "auto":
             both_on_cpu = self.root_device.type == "cpu" and torch.device(self.ascent_device).type == "cpu"
             split = split_cores(cores, self.local_rank, self.num_processes, self.threads) if both_on_cpu else None

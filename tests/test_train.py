@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam
 from lightning_asyncsam.classifier import Classifier
+from lightning_asyncsam.report import RECIPE_ORDER
 from lightning_asyncsam.data import DatasetNotFoundError
 from lightning_asyncsam.train import git_sha, package_version, train
 
@@ -233,14 +234,7 @@ def _tiny_recipe(recipe: str, data_dir: Path) -> list[str]:
     raise AssertionError(recipe)
 
 
-PAPER_RECIPES = [
-    "cifar10_resnet20",
-    "cifar100_wrn28_10",
-    "flowers102_wrn16_8",
-    "speech_commands_cnn",
-    "cifar100_vit_b16",
-    "tinyimagenet_resnet50",
-]
+PAPER_RECIPES = [r for r in RECIPE_ORDER if r != "digits"]
 #: SGD and SAM are quick; AsyncSAM starts a worker process (about 8 s here), so it runs with the slow
 #: tests, except on digits (test_digits_run_writes_the_run_directory).
 RECIPE_CASES = [
