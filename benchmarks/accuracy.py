@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam  # noqa: F401
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
-from lightning_asyncsam.models import digits_cnn
+from lightning_asyncsam.app.models import digits_cnn
 
 try:
     from benchmarks._common import environment, environment_markdown, write_results

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam  # noqa: F401  (registers the strategies)
 from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, SAMStrategy
-from lightning_asyncsam.models import CifarResNet, WideResNet
+from lightning_asyncsam.app.models import CifarResNet, WideResNet
 
 try:
     from benchmarks._common import environment, environment_markdown, write_results

@@ -5,9 +5,9 @@
 ``Trainer(strategy="asyncsam")`` works on an unchanged LightningModule.
 """
 
-from lightning_asyncsam.callback import AsyncSAMCallback
-from lightning_asyncsam.strategy import AsyncSAMStrategy, SAMStrategy, SharpnessAwareStrategy, register_all
-from lightning_asyncsam.worker import AscentWorkerError
+from lightning_asyncsam.ascent.callback import AsyncSAMCallback
+from lightning_asyncsam.ascent.worker import AscentWorkerError
+from lightning_asyncsam.strategies import AsyncSAMStrategy, SAMStrategy, SharpnessAwareStrategy, register_all
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lightning_asyncsam.data.speech_commands import SAMPLE_RATE, WORDS_V2
+from lightning_asyncsam.app.data.speech_commands import SAMPLE_RATE, WORDS_V2
 
 
 def _pickle(path: Path, obj: object) -> None:

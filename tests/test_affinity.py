@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_asyncsam import AsyncSAMStrategy
-from lightning_asyncsam.affinity import ProcessAffinity, available_cores, split_cores
+from lightning_asyncsam.ascent.affinity import ProcessAffinity, available_cores, split_cores
 from tiny import TinyClassifier, loader, make_data, trainer
 
 CORES = available_cores()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_asyncsam.autotune import AscentBatchTuner
+from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 
 
 def _run(tuner: AscentBatchTuner, descent_ms_per_sample: float, ascent_ms_per_sample: float, steps: int = 30,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_asyncsam.data.base import ClassificationDataModule, DatasetNotFoundError
+from lightning_asyncsam.app.data.base import ClassificationDataModule, DatasetNotFoundError
 
 
 class _Toy(ClassificationDataModule):

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from fixtures_data import cifar_images, write_cifar10, write_cifar100
 
-from lightning_asyncsam.data import CIFARDataModule, DatasetNotFoundError
-from lightning_asyncsam.data.cifar import CIFAR10Unchecked
-from lightning_asyncsam.data.transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+from lightning_asyncsam.app.data import CIFARDataModule, DatasetNotFoundError
+from lightning_asyncsam.app.data.cifar import CIFAR10Unchecked
+from lightning_asyncsam.app.data.transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 def _expected(rows: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from lightning_asyncsam.data import DigitsDataModule
+from lightning_asyncsam.app.data import DigitsDataModule
 
 
 def test_split_is_stratified_normalised_and_shaped() -> None:

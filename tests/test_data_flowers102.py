@@ -9,7 +9,7 @@ import torch
 import torchvision
 from fixtures_data import flowers102_label, write_flowers102
 
-from lightning_asyncsam.data import DatasetNotFoundError, Flowers102DataModule
+from lightning_asyncsam.app.data import DatasetNotFoundError, Flowers102DataModule
 
 
 def test_official_splits_and_zero_based_labels(tmp_path: Path) -> None:

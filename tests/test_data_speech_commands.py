@@ -9,9 +9,9 @@ import pytest
 import torch
 from fixtures_data import tone, write_speech_commands, write_wav
 
-from lightning_asyncsam.data import DatasetNotFoundError, SpeechCommandsDataModule
-from lightning_asyncsam.data.logmel import LogMel, hz_to_mel, mel_filterbank, mel_to_hz
-from lightning_asyncsam.data.speech_commands import SAMPLE_RATE, WORDS_V2
+from lightning_asyncsam.app.data import DatasetNotFoundError, SpeechCommandsDataModule
+from lightning_asyncsam.app.data.logmel import LogMel, hz_to_mel, mel_filterbank, mel_to_hz
+from lightning_asyncsam.app.data.speech_commands import SAMPLE_RATE, WORDS_V2
 
 
 def test_v002_has_35_sorted_words() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from fixtures_data import tiny_imagenet_wnids, write_tiny_imagenet
 
-from lightning_asyncsam.data import DatasetNotFoundError, TinyImageNetDataModule
-from lightning_asyncsam.data.tiny_imagenet import TinyImageNetSplit
+from lightning_asyncsam.app.data import DatasetNotFoundError, TinyImageNetDataModule
+from lightning_asyncsam.app.data.tiny_imagenet import TinyImageNetSplit
 
 
 def test_labels_follow_wnids_order_in_both_splits(tmp_path: Path) -> None:

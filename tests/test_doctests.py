@@ -7,7 +7,17 @@ import importlib
 
 import pytest
 
-MODULES = ["functional", "autotune", "lookahead", "shared_buffers", "worker", "strategy", "callback"]
+MODULES = [
+    "functional",
+    "ascent.autotune",
+    "ascent.affinity",
+    "ascent.lookahead",
+    "ascent.buffers",
+    "ascent.worker",
+    "ascent.callback",
+    "strategies.sam",
+    "strategies.asyncsam",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,7 +12,7 @@ import torchmetrics
 from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
 
-import lightning_asyncsam.worker as worker_mod
+import lightning_asyncsam.ascent.worker as worker_mod
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
 from tiny import (
     Recorder,

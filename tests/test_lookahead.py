@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_asyncsam.lookahead import LookaheadLoader
+from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 
 
 def test_yields_the_same_batches_in_the_same_order() -> None:

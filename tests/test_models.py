@@ -9,7 +9,7 @@ import torch
 from fixtures_data import TINY_VIT, save_tiny_vit_weights
 from torch import nn
 
-from lightning_asyncsam.models import (
+from lightning_asyncsam.app.models import (
     CifarResNet,
     ConvNet,
     WideResNet,

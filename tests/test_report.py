@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lightning_asyncsam.report import find_runs, grid_table, main, mean_std, render, validation_curve
+from lightning_asyncsam.app.report import find_runs, grid_table, main, mean_std, render, validation_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

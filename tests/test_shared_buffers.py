@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_asyncsam.shared_buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
 
 
 def test_flat_tensors_round_trip_mixed_dtypes() -> None:

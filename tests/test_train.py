@@ -32,10 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam
-from lightning_asyncsam.classifier import Classifier
-from lightning_asyncsam.report import RECIPE_ORDER
-from lightning_asyncsam.data import DatasetNotFoundError
-from lightning_asyncsam.train import git_sha, package_version, train
+from lightning_asyncsam.app.classifier import Classifier
+from lightning_asyncsam.app.report import RECIPE_ORDER
+from lightning_asyncsam.app.data import DatasetNotFoundError
+from lightning_asyncsam.app.train import git_sha, package_version, train
 
 ALGORITHMS = ("sgd", "sam", "asyncsam")
 SUMMARY_KEYS = {
@@ -304,7 +304,7 @@ def _run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Com
 def test_default_command_runs_digits_asyncsam_in_under_two_minutes(tmp_path: Path) -> None:
     """``asyncsam-train`` with no arguments (only the run dir set): the README's promise."""
     start = time.perf_counter()
-    out = _run_cli([sys.executable, "-m", "lightning_asyncsam.train", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    out = _run_cli([sys.executable, "-m", "lightning_asyncsam.app.train", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -317,7 +317,7 @@ def test_default_command_runs_digits_asyncsam_in_under_two_minutes(tmp_path: Pat
 @pytest.mark.slow
 def test_multirun_then_report(tmp_path: Path) -> None:
     entry = shutil.which("asyncsam-train")
-    cmd = [entry] if entry else [sys.executable, "-m", "lightning_asyncsam.train"]
+    cmd = [entry] if entry else [sys.executable, "-m", "lightning_asyncsam.app.train"]
     out = _run_cli(
         [
             *cmd,
@@ -341,7 +341,7 @@ def test_multirun_then_report(tmp_path: Path) -> None:
         ("sam", 1),
     }
     report = _run_cli(
-        [sys.executable, "-m", "lightning_asyncsam.report", str(tmp_path / "sweep"), "--plot", str(tmp_path / "f.png")],
+        [sys.executable, "-m", "lightning_asyncsam.app.report", str(tmp_path / "sweep"), "--plot", str(tmp_path / "f.png")],
         tmp_path,
     )
     assert report.returncode == 0, report.stderr

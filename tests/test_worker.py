@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lightning_asyncsam.worker import AscentWorker, AscentWorkerError
+from lightning_asyncsam.ascent.worker import AscentWorker, AscentWorkerError
 from tiny import TinyClassifier, make_data
 
 

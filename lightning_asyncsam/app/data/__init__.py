@@ -5,12 +5,12 @@ its data is missing, raises :class:`DatasetNotFoundError` saying where it looked
 expects and how to get the data.
 """
 
-from lightning_asyncsam.data.base import ClassificationDataModule, DatasetNotFoundError
-from lightning_asyncsam.data.cifar import CIFARDataModule
-from lightning_asyncsam.data.digits import DigitsDataModule
-from lightning_asyncsam.data.flowers102 import Flowers102DataModule
-from lightning_asyncsam.data.speech_commands import SpeechCommandsDataModule
-from lightning_asyncsam.data.tiny_imagenet import TinyImageNetDataModule
+from lightning_asyncsam.app.data.base import ClassificationDataModule, DatasetNotFoundError
+from lightning_asyncsam.app.data.cifar import CIFARDataModule
+from lightning_asyncsam.app.data.digits import DigitsDataModule
+from lightning_asyncsam.app.data.flowers102 import Flowers102DataModule
+from lightning_asyncsam.app.data.speech_commands import SpeechCommandsDataModule
+from lightning_asyncsam.app.data.tiny_imagenet import TinyImageNetDataModule
 
 __all__ = [
     "CIFARDataModule",

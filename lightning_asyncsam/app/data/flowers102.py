@@ -16,13 +16,13 @@ from typing import Any
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision.datasets import Flowers102
 
-from lightning_asyncsam.data.base import (
+from lightning_asyncsam.app.data.base import (
     ClassificationDataModule,
     DatasetNotFoundError,
     check_choice,
     check_positive_int,
 )
-from lightning_asyncsam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_crop_flip
+from lightning_asyncsam.app.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_crop_flip
 
 _LAYOUT = """{folder}/
   jpg/image_00001.jpg ... image_08189.jpg
@@ -51,7 +51,7 @@ class Flowers102DataModule(ClassificationDataModule):
         val_split: ``"test"`` (6,149 images) or ``"val"`` (1,020).
         verify_md5: Use torchvision's class unchanged, which checks md5s.
         **kwargs: ``num_workers``, ``pin_memory``, ``download``, ``drop_last`` of
-            :class:`~lightning_asyncsam.data.base.ClassificationDataModule`.
+            :class:`~lightning_asyncsam.app.data.base.ClassificationDataModule`.
     """
 
     def __init__(

@@ -19,10 +19,10 @@ The contract, which the tests check:
    default). The main process is the critical path; the worker has slack by design (b' is sized
    to finish inside the descent step), so when the cores are oversubscribed (data-loader
    workers, the OS, other jobs) it is the worker that waits, and "auto" shrinks b' if it must.
-   Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.affinity`).
+   Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.ascent.affinity`).
 
 Per step the pipe carries one short tuple each way; the tensors move through shared memory
-(:mod:`lightning_asyncsam.shared_buffers`).
+(:mod:`lightning_asyncsam.ascent.buffers`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_asyncsam.shared_buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.loss import ascent_loss
 
 _POLL_S = 0.05
 _PARENT_CHECK_S = 0.5
@@ -91,24 +92,6 @@ def named_tensors(module: nn.Module) -> dict[str, Tensor]:
     """Parameters and buffers by name: the state the worker mirrors each step."""
     out: dict[str, Tensor] = dict(module.named_parameters())
     out.update(dict(module.named_buffers()))
-    return out
-
-
-def ascent_loss(module: nn.Module, batch: Any, batch_idx: int) -> Tensor:
-    """The loss whose gradient is the ascent direction.
-
-    A module's own ``ascent_loss(batch)`` wins; otherwise its ``training_step(batch, batch_idx)``,
-    which may return the loss or a mapping holding it under ``"loss"``.
-    """
-    custom = getattr(module, "ascent_loss", None)
-    out = custom(batch) if callable(custom) else module.training_step(batch, batch_idx)  # type: ignore[operator]
-    if isinstance(out, Mapping):
-        out = out.get("loss")
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            "AsyncSAM's ascent worker needs a loss tensor: `training_step` returned "
-            f"{type(out).__name__}. Define `ascent_loss(self, batch) -> Tensor` on the module."
-        )
     return out
 
 

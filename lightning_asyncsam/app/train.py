@@ -2,7 +2,7 @@
 
 ``train(cfg)`` is a plain function (tests call it with a composed config); ``main()`` is the thin
 ``@hydra.main`` wrapper behind the ``asyncsam-train`` command and ``python -m
-lightning_asyncsam.train``. Each run writes to its run directory (``paths.output_dir``):
+lightning_asyncsam.app.train``. Each run writes to its run directory (``paths.output_dir``):
 
 * ``.hydra/`` (Hydra's composed config and overrides) and ``config_resolved.yaml``, the config
   with every interpolation resolved;
@@ -41,7 +41,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import lightning_asyncsam
-from lightning_asyncsam.classifier import Classifier, count_parameters
+from lightning_asyncsam.app.classifier import Classifier, count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``AsyncSAMCallback``: the per-step synchronization of AsyncSAM, its diagnostics and its state.
 
-:class:`~lightning_asyncsam.strategy.AsyncSAMStrategy` appends this callback to the trainer by
+:class:`~lightning_asyncsam.strategies.asyncsam.AsyncSAMStrategy` appends this callback to the trainer by
 itself; users never add it. At the first micro-batch of optimizer step t it
 
 1. collects ``g_{t-1}`` from the worker (waiting only if it is not ready: strict tau = 1) and
@@ -10,13 +10,17 @@ itself; users never add it. At the first micro-batch of optimizer step t it
 It logs ``asyncsam/*`` diagnostics whenever the loggers update (and ``metrics`` holds them every
 step), and keeps the stale gradient in the checkpoint, so
 that a resumed run continues the trajectory of the uninterrupted one.
+
+It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module
+does not import :mod:`lightning_asyncsam.strategies` (which imports it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import Callback
@@ -25,14 +29,37 @@ from torch import Tensor
 from typing_extensions import override
 
 import lightning.pytorch as pl
-from lightning_asyncsam.autotune import AscentBatchTuner
+from lightning_asyncsam.ascent.autotune import AscentBatchTuner
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
+from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.functional import cosine_similarity
-from lightning_asyncsam.shared_buffers import BatchSlot
-from lightning_asyncsam.strategy import AsyncSAMStrategy
+
+
+class AscentHost(Protocol):
+    """What the callback uses of its strategy (:class:`~lightning_asyncsam.strategies.asyncsam.AsyncSAMStrategy`)."""
+
+    worker: AscentWorker | None
+    ascent_batch_size: int | float | str
+    ascent_data: str
+    ascent_device: str
+    cpu_batch: Any
+    direction: Sequence[Tensor] | None
+    _params: list[Tensor]
+    perturb_ms: float
+
+    @property
+    def root_device(self) -> torch.device: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    def use_gradient(self, grads: FlatTensors | None) -> None: ...
+
+    def next_step_batch(self) -> Any: ...
 
 
 class AsyncSAMCallback(Callback):
-    """Synchronizes the ascent worker with the training loop (added by :class:`AsyncSAMStrategy`).
+    """Synchronizes the ascent worker with the training loop (added by :class:`~lightning_asyncsam.AsyncSAMStrategy`).
 
     Example::
 
@@ -108,7 +135,7 @@ class AsyncSAMCallback(Callback):
             "asyncsam/overhead_ms": (time.perf_counter() - start) * 1e3 - wait_ms,
         })
 
-    def _ascent_size(self, strategy: AsyncSAMStrategy, b: int) -> int:
+    def _ascent_size(self, strategy: AscentHost, b: int) -> int:
         spec = strategy.ascent_batch_size
         if spec == "auto":
             if self._tuner is None or self._tuner.batch_size != b:
@@ -120,7 +147,7 @@ class AsyncSAMCallback(Callback):
             raise ValueError(f"ascent_batch_size={spec!r} is not allowed: it must be <= the batch size b={b}")
         return int(spec)  # type: ignore[arg-type]
 
-    def _after_ascent(self, strategy: AsyncSAMStrategy, ascent_ms: float, norm: float, samples: int,
+    def _after_ascent(self, strategy: AscentHost, ascent_ms: float, norm: float, samples: int,
                       now: float) -> None:
         window_ms = (now - self._submitted_at) * 1e3
         self._metrics.update({"asyncsam/ascent_ms": ascent_ms, "asyncsam/ascent_grad_norm": norm})
@@ -215,8 +242,8 @@ def _logs_now(trainer: "pl.Trainer") -> bool:
     return bool(trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run)
 
 
-def _strategy(trainer: "pl.Trainer") -> AsyncSAMStrategy:
+def _strategy(trainer: "pl.Trainer") -> AscentHost:
     strategy = trainer.strategy
-    if not isinstance(strategy, AsyncSAMStrategy):
+    if not (hasattr(strategy, "use_gradient") and hasattr(strategy, "worker")):
         raise TypeError(f"AsyncSAMCallback needs AsyncSAMStrategy, the trainer uses {type(strategy).__name__}")
-    return strategy
+    return strategy  # type: ignore[return-value]

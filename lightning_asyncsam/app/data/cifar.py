@@ -18,8 +18,8 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from lightning_asyncsam.data.base import ClassificationDataModule, DatasetNotFoundError, check_choice
-from lightning_asyncsam.data.transforms import (
+from lightning_asyncsam.app.data.base import ClassificationDataModule, DatasetNotFoundError, check_choice
+from lightning_asyncsam.app.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
@@ -78,7 +78,7 @@ class CIFARDataModule(ClassificationDataModule):
             weights expect).
         verify_md5: Check every file's md5 with torchvision's own classes.
         **kwargs: ``num_workers``, ``pin_memory``, ``download``, ``drop_last`` of
-            :class:`~lightning_asyncsam.data.base.ClassificationDataModule`.
+            :class:`~lightning_asyncsam.app.data.base.ClassificationDataModule`.
     """
 
     def __init__(

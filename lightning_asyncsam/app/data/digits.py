@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_asyncsam.data.base import ClassificationDataModule
+from lightning_asyncsam.app.data.base import ClassificationDataModule
 
 #: Pixel values in ``load_digits`` are counts of set pixels in a 4x4 block: 0..16.
 _MAX_PIXEL = 16.0
@@ -30,7 +30,7 @@ class DigitsDataModule(ClassificationDataModule):
         root: Unused (the data ships with scikit-learn); kept so every datamodule has one.
         num_classes: Must be 10.
         **kwargs: ``num_workers``, ``pin_memory``, ``drop_last`` of
-            :class:`~lightning_asyncsam.data.base.ClassificationDataModule`.
+            :class:`~lightning_asyncsam.app.data.base.ClassificationDataModule`.
 
     Example::
 

@@ -14,8 +14,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lightning_asyncsam.data.base import ClassificationDataModule, DatasetNotFoundError
-from lightning_asyncsam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Transform, crop_flip
+from lightning_asyncsam.app.data.base import ClassificationDataModule, DatasetNotFoundError
+from lightning_asyncsam.app.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Transform, crop_flip
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 _LAYOUT = """{folder}/
@@ -82,7 +82,7 @@ class TinyImageNetDataModule(ClassificationDataModule):
         num_classes: Must be 200 (checked against ``wnids.txt``).
         batch_size: Training batch size ``b`` (256 in Table A.1).
         **kwargs: ``num_workers``, ``pin_memory``, ``drop_last`` of
-            :class:`~lightning_asyncsam.data.base.ClassificationDataModule`.
+            :class:`~lightning_asyncsam.app.data.base.ClassificationDataModule`.
     """
 
     def __init__(

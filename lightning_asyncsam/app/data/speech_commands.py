@@ -2,7 +2,7 @@
 
 The paper does not name the version or the features. We use v0.02 with all 35 words as classes
 (no "unknown"/"silence" classes, so every clip is one of its own word) and 40-band log-mel
-features of 30 ms windows every 10 ms (:mod:`lightning_asyncsam.data.logmel`), 40 x 101 per clip.
+features of 30 ms windows every 10 ms (:mod:`lightning_asyncsam.app.data.logmel`), 40 x 101 per clip.
 Splits follow the dataset's own lists: ``validation_list.txt`` is validation,
 ``testing_list.txt`` is left out, everything else trains. ``_background_noise_/`` is ignored.
 Training clips are shifted in time by up to +-100 ms (zero filled), the augmentation of the
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_asyncsam.data.base import ClassificationDataModule, DatasetNotFoundError, check_positive_int
-from lightning_asyncsam.data.logmel import LogMel
+from lightning_asyncsam.app.data.base import ClassificationDataModule, DatasetNotFoundError, check_positive_int
+from lightning_asyncsam.app.data.logmel import LogMel
 
 URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SAMPLE_RATE = 16000
@@ -126,7 +126,7 @@ class SpeechCommandsDataModule(ClassificationDataModule):
         n_mels: Mel bands of the features.
         max_shift_ms: Largest random time shift of training clips in milliseconds.
         **kwargs: ``num_workers``, ``pin_memory``, ``drop_last`` of
-            :class:`~lightning_asyncsam.data.base.ClassificationDataModule`.
+            :class:`~lightning_asyncsam.app.data.base.ClassificationDataModule`.
     """
 
     def __init__(

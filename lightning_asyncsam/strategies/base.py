@@ -1,0 +1,206 @@
+"""``SharpnessAwareStrategy``: what ``SAMStrategy`` and ``AsyncSAMStrategy`` share, as Lightning strategies.
+
+Both perturb the weights around the user's unchanged ``training_step``:
+
+* the perturbation is applied at the start of :meth:`training_step`, outside the precision
+  plugin's autocast context, under ``torch.no_grad()``;
+* the weights are restored, by copying a backup, in :meth:`post_backward`, so that gradient
+  clipping, ``on_before_optimizer_step`` and ``optimizer.step()`` see the original weights w_t
+  with the descent gradient taken at the perturbed point;
+* both points sit inside Lightning's closure, so every accumulation micro-batch is perturbed and
+  restored, and :meth:`optimizer_step` restores as a safety net when a step skipped its backward.
+
+They differ in where the ascent direction comes from: SAM computes it synchronously on the same
+batch (two passes per step); AsyncSAM takes it, one step stale, from a worker process that ran
+concurrently with the previous step (Algorithm 1 of Jo, Lim, Lee).
+
+Both are :class:`~lightning.pytorch.strategies.DDPStrategy` subclasses so that they run on 1..N
+devices like ``"ddp"``. With a single process they skip the process group, the DDP wrapper and
+the launcher entirely, so one-device runs pay nothing for DDP and work in notebooks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+import lightning.pytorch as pl
+from lightning_asyncsam.functional import perturb_, restore_
+
+
+def _check_rho(rho: float) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
+        raise ValueError(f"rho={rho!r} is not allowed: the perturbation radius must be a finite number > 0")
+    return float(rho)
+
+
+class SharpnessAwareStrategy(DDPStrategy):
+    """Shared machinery: which weights are perturbed, perturb/restore, and single-process mode.
+
+    Subclasses provide :meth:`_ascent_step`, the step ``e = rho * d / ||d||`` in ``w + e``.
+
+    Args:
+        rho: the perturbation radius r of Eq. 3.
+        start_method: how to launch several processes: ``"popen"`` (like ``"ddp"``),
+            ``"spawn"`` or ``"fork"`` (notebooks). Ignored with a single process.
+        **kwargs: passed on to :class:`~lightning.pytorch.strategies.DDPStrategy`.
+    """
+
+    def __init__(self, rho: float = 0.05, start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+                 **kwargs: Any) -> None:
+        super().__init__(start_method=start_method, **kwargs)
+        self.rho = _check_rho(rho)
+        self._params: list[Tensor] = []
+        self._backup: list[Tensor] = []
+        self._perturbed = False
+        self.perturb_ms = 0.0
+
+    # ----------------------------------------------------------------- single-process mode
+    @property
+    def _single_process(self) -> bool:
+        return self.num_nodes * self.num_processes <= 1
+
+    @override
+    def _configure_launcher(self) -> None:
+        if self._single_process:
+            self._launcher = None
+            return
+        super()._configure_launcher()
+
+    @override
+    def setup_distributed(self) -> None:
+        if self._single_process:
+            self.set_world_ranks()
+            module = self.lightning_module
+            if module is not None and module._trainer is not None:
+                # A DDPStrategy makes Lightning swap in a shuffling DistributedSampler, even for one process.
+                # One process needs no sampler of ours: keep the user's data order, as "auto" would.
+                module._trainer._accelerator_connector.use_distributed_sampler = False
+            return
+        super().setup_distributed()
+
+    @override
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model if self._single_process else super()._setup_model(model)
+
+    # ----------------------------------------------------------------- the perturbed weights
+    @override
+    def setup(self, trainer: "pl.Trainer") -> None:
+        if self._single_process:
+            # DDPStrategy.setup would wrap the model and broadcast its state over a process group
+            # that a single process does not have; the plain Strategy.setup is what one device needs.
+            Strategy.setup(self, trainer)
+        else:
+            super().setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._params = self._trainable_params()
+            self._backup = [torch.empty_like(p) for p in self._params]
+
+    def _trainable_params(self) -> list[Tensor]:
+        """The parameters the optimizers update: the ones Eq. 3's global norm runs over."""
+        seen: set[int] = set()
+        params: list[Tensor] = []
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.requires_grad and id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        if not params:
+            module = self.lightning_module
+            raise ValueError(
+                f"{type(self).__name__}: the module {type(module).__name__} has no trainable parameters in its "
+                "optimizers; SAM needs at least one parameter with requires_grad=True"
+            )
+        return params
+
+    def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        """The step e to add to the weights for this micro-batch, or None to leave them alone."""
+        raise NotImplementedError
+
+    def _perturb(self, step: Sequence[Tensor]) -> None:
+        start = time.perf_counter()
+        perturb_(self._params, step, self._backup)
+        self._perturbed = True
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    def _restore(self) -> None:
+        if self._perturbed:
+            start = time.perf_counter()
+            restore_(self._params, self._backup)
+            self._perturbed = False
+            self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        self._restore()  # a previous micro-batch that skipped its backward left the weights perturbed
+        batch, batch_idx = (list(args) + [kwargs.get("batch"), kwargs.get("batch_idx", 0)])[:2]
+        step = self._ascent_step(batch, batch_idx)
+        if step is not None:
+            self._perturb(step)
+        try:
+            out = super().training_step(*args, **kwargs)
+        except BaseException:
+            self._restore()
+            raise
+        module = self.lightning_module
+        if out is None or (module is not None and not module.automatic_optimization):
+            # No backward follows (skipped step), or it already ran inside a manual training_step.
+            self._restore()
+        return out
+
+    @override
+    def post_backward(self, closure_loss: Tensor) -> None:
+        super().post_backward(closure_loss)
+        self._restore()
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
+                       model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
+        def restoring_closure() -> Any:
+            try:
+                return closure()
+            finally:
+                self._restore()
+
+        return super().optimizer_step(optimizer, restoring_closure, model, **kwargs)
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self._restore()
+        super().on_exception(exception)
+
+    def _check_loss_source(self) -> None:
+        module = self.lightning_module
+        if module is not None and not module.automatic_optimization and not callable(getattr(module, "ascent_loss", None)):
+            raise ValueError(
+                f"{type(self).__name__}: {type(module).__name__} uses manual optimization, so its training_step "
+                "cannot serve as the ascent loss; define `ascent_loss(self, batch) -> Tensor` on the module"
+            )
+
+
+@contextmanager
+def _no_logging(module: LightningModule) -> Any:
+    """Silence ``self.log`` while the ascent pass reruns the user's training_step."""
+    module.__dict__["log"] = lambda *a, **k: None
+    module.__dict__["log_dict"] = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        module.__dict__.pop("log", None)
+        module.__dict__.pop("log_dict", None)
+
+
+__all__ = ["SharpnessAwareStrategy"]
