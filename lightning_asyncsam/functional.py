@@ -51,19 +51,24 @@ def perturbation_scale(norm: Tensor, rho: float, eps: float = EPS) -> Tensor:
 
 
 @torch.no_grad()
-def scale_to_radius_(direction: Sequence[Tensor], rho: float, eps: float = EPS) -> Tensor:
+def scale_to_radius_(direction: Sequence[Tensor], rho: float, eps: float = EPS,
+                     storage: Sequence[Tensor] | None = None) -> Tensor:
     """Turn a gradient d into the ascent step ``e = rho * d / (||d|| + eps)`` of Eq. 3, in place.
 
     Done once per optimizer step (every accumulation micro-batch reuses e), with no allocation
-    beyond the norm, and no ``.item()``: the scale stays on the device.
+    beyond the norm, and no ``.item()``: the scale stays on the device. A non-finite ``||d||``
+    (a NaN or an infinity anywhere in d) leaves e at zero (:func:`zero_if_nonfinite_`): that step's
+    descent runs at the unperturbed weights instead of writing NaN into them.
 
     Args:
         direction: the ascent gradient d (for AsyncSAM the stale ``g_{t-1}``); overwritten with e.
         rho: the perturbation radius r.
         eps: guards the division when ``||d|| = 0``.
+        storage: flat tensors that hold ``direction`` as views; zeroing them takes one kernel per
+            flat tensor instead of one per parameter. Default: ``direction`` itself.
 
     Returns:
-        ``||d||`` as a 0-dim tensor (for diagnostics).
+        ``||d||`` as a 0-dim tensor (for diagnostics; not finite when the step was zeroed).
 
     Example::
 
@@ -72,10 +77,94 @@ def scale_to_radius_(direction: Sequence[Tensor], rho: float, eps: float = EPS) 
         tensor(5.)
         >>> d[0]
         tensor([0.3000, 0.4000])
+        >>> bad = [torch.tensor([3.0, float("inf")])]
+        >>> scale_to_radius_(bad, rho=0.5), bad[0]
+        (tensor(inf), tensor([0., 0.]))
     """
     direction = list(direction)
     norm = global_norm(direction)
     torch._foreach_mul_(direction, perturbation_scale(norm, rho, eps).to(direction[0].dtype))
+    zero_if_nonfinite_(direction if storage is None else storage, norm)
+    return norm
+
+
+@torch.no_grad()
+def zero_if_nonfinite_(tensors: Sequence[Tensor], norm: Tensor) -> Tensor:
+    """Overwrite ``tensors`` with zeros when ``norm`` is not finite, without a host sync.
+
+    A NaN or an infinity anywhere in an ascent gradient makes its norm non-finite, and ``0 * nan``
+    is still ``nan``: so the step is filled with zeros instead (``masked_fill_`` with a 0-dim
+    mask stays on the device). The descent of that step then runs at the unperturbed weights,
+    which is plain SGD for one step, instead of writing NaN into every weight.
+
+    Args:
+        tensors: the ascent step (per parameter, or flat buffers holding them: fewer launches).
+        norm: the global norm of ``tensors`` from :func:`global_norm`.
+
+    Returns:
+        A 0-dim bool tensor, True where the step was finite and kept.
+
+    Example::
+
+        >>> step = [torch.tensor([1.0, float("nan")])]
+        >>> zero_if_nonfinite_(step, global_norm(step))
+        tensor(False)
+        >>> step[0]
+        tensor([0., 0.])
+    """
+    finite = torch.isfinite(norm)
+    bad = ~finite
+    for t in tensors:
+        t.masked_fill_(bad, 0)
+    return finite
+
+
+@torch.no_grad()
+def adaptive_ascent_step_(
+    direction: Sequence[Tensor],
+    params: Sequence[Tensor],
+    adaptive: Sequence[bool],
+    rho: float,
+    eta: float,
+    eps: float = EPS,
+) -> Tensor:
+    """ASAM's step ``e = rho * T^2 g / ||T g||`` (Kwon et al., 2021, Eq. 9 with their T_w), in place.
+
+    ``T = |w| + eta`` for the parameters flagged in ``adaptive`` (SamsungLabs/ASAM: those whose
+    name ends in ``weight``) and ``T = 1`` for the others (biases, norm shifts). The scale of the
+    weights then decides how far each one moves, so the step is invariant to rescaling a layer.
+    A non-finite ``||T g||`` leaves ``direction`` at zero, as in :func:`scale_to_radius_`.
+
+    Args:
+        direction: the ascent gradient g (for AsyncSAM the stale ``g_{t-1}``); overwritten with e.
+        params: the current weights w that T is taken from (for AsyncSAM, ``w_t``).
+        adaptive: one flag per parameter: True where T = |w| + eta.
+        rho: the perturbation radius.
+        eta: the offset that keeps T > 0 at zero weights.
+        eps: guards the division when the norm is 0.
+
+    Returns:
+        ``||T g||`` as a 0-dim tensor.
+
+    Example::
+
+        >>> g, w = [torch.tensor([3.0, 4.0])], [torch.tensor([1.0, 1.0])]
+        >>> adaptive_ascent_step_(g, w, [True], rho=1.0, eta=0.0)
+        tensor(5.)
+        >>> g[0]
+        tensor([0.6000, 0.8000])
+    """
+    direction = list(direction)
+    scaled = [d for d, a in zip(direction, adaptive) if a]
+    if scaled:
+        t = torch._foreach_abs([p for p, a in zip(params, adaptive) if a])
+        torch._foreach_add_(t, eta)
+        torch._foreach_mul_(scaled, t)  # T g
+    norm = global_norm(direction)
+    if scaled:
+        torch._foreach_mul_(scaled, t)  # T^2 g
+    torch._foreach_mul_(direction, perturbation_scale(norm, rho, eps).to(direction[0].dtype))
+    zero_if_nonfinite_(direction, norm)
     return norm
 
 
