@@ -8,6 +8,8 @@ import importlib
 import pytest
 
 MODULES = [
+    "logging_steps",
+    "strategies.state",
     "functional",
     "ascent.autotune",
     "ascent.affinity",

@@ -214,3 +214,28 @@ def assert_trajectories_close(got: list[list[Tensor]], want: list[list[Tensor]],
             assert x.dtype == y.dtype == torch.float64
             err = (x - y).abs().max().item()
             assert err <= atol, f"step {t}, parameter {i}: max |diff| = {err:.3e} > {atol}"
+
+
+class FiniteOnlyClassifier(TinyClassifier):
+    """A module whose training_step drops non-finite samples while its ascent_loss does not.
+
+    The situation of issue 10: data that only the ascent sees can poison it.
+    """
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        keep = torch.isfinite(x).all(dim=1)
+        return F.cross_entropy(self(x[keep]), y[keep])
+
+    def ascent_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+def make_data_with_nan(n: int = 256, bad: int = 1, dtype: torch.dtype = torch.float32) -> TensorDataset:
+    """``n`` samples of which sample ``bad`` (within the first b' of the first batch) is all NaN."""
+    ds = make_data(n, dtype=dtype)
+    x, y = ds.tensors
+    x = x.clone()
+    x[bad] = float("nan")
+    return TensorDataset(x, y)

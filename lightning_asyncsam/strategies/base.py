@@ -21,6 +21,8 @@ the launcher entirely, so one-device runs pay nothing for DDP and work in notebo
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,19 +33,50 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning.pytorch as pl
 from lightning_asyncsam.functional import perturb_, restore_
+from lightning_asyncsam.logging_steps import logs_now
+from lightning_asyncsam.strategies.state import RuleStateCallback
 
 
 def _check_rho(rho: float) -> float:
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
         raise ValueError(f"rho={rho!r} is not allowed: the perturbation radius must be a finite number > 0")
     return float(rho)
+
+
+def _parameters(fn: Callable[..., Any]) -> set[str]:
+    return {n for n, p in inspect.signature(fn).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+
+
+def _check_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
+    """Reject what neither the strategy, DDPStrategy nor DistributedDataParallel accepts.
+
+    DDPStrategy forwards unknown keywords to DistributedDataParallel, which only sees them with
+    several processes: with one, a misspelt ``ascent_batchsize=8`` would vanish silently.
+    """
+    passed_on = (_parameters(DDPStrategy.__init__) | _parameters(DistributedDataParallel.__init__)) - {"module"}
+    unknown = sorted(set(kwargs) - passed_on)
+    if not unknown:
+        return
+    own = set().union(*(_parameters(c.__init__) for c in cls.__mro__ if issubclass(c, SharpnessAwareStrategy)))
+    known = sorted(own | passed_on)
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(
+        f"{cls.__name__} got unexpected argument(s) {', '.join(hints)}: neither {cls.__name__}, "
+        "DDPStrategy nor DistributedDataParallel accepts them"
+    )
 
 
 class SharpnessAwareStrategy(DDPStrategy):
@@ -55,17 +88,22 @@ class SharpnessAwareStrategy(DDPStrategy):
         rho: the perturbation radius r of Eq. 3.
         start_method: how to launch several processes: ``"popen"`` (like ``"ddp"``),
             ``"spawn"`` or ``"fork"`` (notebooks). Ignored with a single process.
-        **kwargs: passed on to :class:`~lightning.pytorch.strategies.DDPStrategy`.
+        **kwargs: passed on to :class:`~lightning.pytorch.strategies.DDPStrategy` (and by it to
+            :class:`~torch.nn.parallel.DistributedDataParallel`); any other name raises a ValueError.
     """
 
     def __init__(self, rho: float = 0.05, start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
                  **kwargs: Any) -> None:
+        _check_kwargs(type(self), kwargs)
         super().__init__(start_method=start_method, **kwargs)
         self.rho = _check_rho(rho)
         self._params: list[Tensor] = []
         self._backup: list[Tensor] = []
         self._perturbed = False
         self.perturb_ms = 0.0
+        self._skipped: Tensor | None = None  # non-finite ascents this fit, counted on the device
+        self._skips_warned = False
+        self._pending_rule_state: dict[str, Any] | None = None  # from a checkpoint, see on_train_start
 
     # ----------------------------------------------------------------- single-process mode
     @property
@@ -95,6 +133,56 @@ class SharpnessAwareStrategy(DDPStrategy):
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model if self._single_process else super()._setup_model(model)
 
+    # ----------------------------------------------------------------- the rule's state
+    @override
+    def connect(self, model: "pl.LightningModule") -> None:
+        super().connect(model)
+        trainer = model._trainer
+        if trainer is not None and not any(isinstance(c, RuleStateCallback) for c in trainer.callbacks):
+            trainer.callbacks.append(RuleStateCallback(self))
+
+    def rule_state_dict(self) -> dict[str, Any]:
+        """The rule's own state for checkpoints: plain CPU tensors and Python scalars (none by default)."""
+        return {}
+
+    def rule_load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rule_state_dict` saved; called in ``on_train_start`` of a resumed fit."""
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        state, self._pending_rule_state = self._pending_rule_state, None
+        if state:
+            self.rule_load_state_dict(state)
+
+    # ----------------------------------------------------------------- non-finite ascents
+    def _note_ascent(self, finite: Tensor) -> None:
+        """Count an ascent whose step was zeroed for being non-finite, on the device (no host sync)."""
+        bad = (~finite).to(torch.int64)
+        self._skipped = bad if self._skipped is None else self._skipped.add_(bad)
+
+    def _report_skips(self, log: bool) -> None:
+        """Log ``sam/skipped_ascents`` and warn once when an ascent was skipped (one host sync)."""
+        if self._skipped is None:
+            return
+        count = int(self._skipped)
+        module = self.lightning_module
+        if log and module is not None:
+            module.log("sam/skipped_ascents", float(count), on_step=True, on_epoch=False, batch_size=1)
+        if count and not self._skips_warned:
+            self._skips_warned = True
+            rank_zero_warn(
+                f"{type(self).__name__}: {count} ascent step(s) had a non-finite gradient (NaN or inf) and were not "
+                "applied; those steps descended at the unperturbed weights. The ascent batch holds data the descent "
+                "does not see or drops: check the data, or make `ascent_loss` drop non-finite samples as "
+                "`training_step` does. Counted in `sam/skipped_ascents`."
+            )
+
+    @override
+    def on_train_end(self) -> None:
+        self._report_skips(log=False)
+        super().on_train_end()
+
     # ----------------------------------------------------------------- the perturbed weights
     @override
     def setup(self, trainer: "pl.Trainer") -> None:
@@ -107,6 +195,7 @@ class SharpnessAwareStrategy(DDPStrategy):
         if trainer.state.fn == TrainerFn.FITTING:
             self._params = self._trainable_params()
             self._backup = [torch.empty_like(p) for p in self._params]
+            self._skipped, self._skips_warned = None, False
 
     def _trainable_params(self) -> list[Tensor]:
         """The parameters the optimizers update: the ones Eq. 3's global norm runs over."""
@@ -159,6 +248,8 @@ class SharpnessAwareStrategy(DDPStrategy):
         if out is None or (module is not None and not module.automatic_optimization):
             # No backward follows (skipped step), or it already ran inside a manual training_step.
             self._restore()
+        if self._skipped is not None and module is not None and logs_now(module.trainer):
+            self._report_skips(log=True)
         return out
 
     @override

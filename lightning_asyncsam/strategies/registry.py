@@ -9,7 +9,8 @@ from lightning.pytorch.strategies import StrategyRegistry
 _START_METHODS = {"": "popen", "_spawn": "spawn", "_fork": "fork", "_notebook": "fork"}
 
 
-def _register(registry: Any, cls: type, name: str, what: str) -> None:
+def _register(registry: Any, cls: type, name: str, what: str, **init_params: Any) -> None:
+    """Register ``name`` and its ``_spawn``/``_fork``/``_notebook`` variants; ``init_params`` preset arguments."""
     for suffix, start_method in _START_METHODS.items():
         registry.register(
             f"{name}{suffix}",
@@ -17,6 +18,7 @@ def _register(registry: Any, cls: type, name: str, what: str) -> None:
             description=f"{what}; multi-process start method '{start_method}'",
             override=True,
             start_method=start_method,
+            **init_params,
         )
 
 

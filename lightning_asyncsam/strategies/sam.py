@@ -55,7 +55,7 @@ class SAMStrategy(SharpnessAwareStrategy):
             loss = ascent_loss(module, batch, batch_idx)
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
         step = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
-        scale_to_radius_(step, self.rho)
+        self._note_ascent(torch.isfinite(scale_to_radius_(step, self.rho)))
         return step
 
     @classmethod

@@ -1,0 +1,89 @@
+"""The base every sharpness-aware strategy shares: argument checks, non-finite ascents, rule state."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam.strategies.state import RuleStateCallback
+from tiny import FiniteOnlyClassifier, TinyClassifier, loader, make_data, make_data_with_nan, trainer
+
+
+@pytest.mark.parametrize(("make", "name", "hint"), [
+    (lambda: AsyncSAMStrategy(ascent_batchsize=8), "ascent_batchsize", "ascent_batch_size"),
+    (lambda: SAMStrategy(rh=0.1), "rh", "rho"),
+    (lambda: SAMStrategy(find_unused_paramters=True), "find_unused_paramters", "find_unused_parameters"),
+])
+def test_misspelt_arguments_raise_naming_them(make, name: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=rf"'{name}' \(did you mean '{hint}'\?\)"):
+        make()
+
+
+def test_arguments_for_ddp_are_still_accepted() -> None:
+    strategy = SAMStrategy(find_unused_parameters=True, static_graph=False, process_group_backend="gloo")
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True, "static_graph": False}
+
+
+def test_sam_never_applies_a_non_finite_ascent() -> None:
+    """One NaN sample that training_step drops but ascent_loss keeps: SGD's behaviour, not NaN weights."""
+    model = FiniteOnlyClassifier()
+    t = trainer(SAMStrategy(rho=0.1), max_epochs=1, log_every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(model, loader(make_data_with_nan(), 32))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert t.callback_metrics["sam/skipped_ascents"].item() == 1.0
+    assert sum("non-finite gradient" in str(w.message) for w in caught) == 1
+
+
+def test_finite_ascents_log_no_skip_and_no_warning() -> None:
+    t = trainer(SAMStrategy(rho=0.1), max_epochs=1, log_every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(TinyClassifier(), loader(make_data(dtype=torch.float32), 8))
+    assert t.callback_metrics["sam/skipped_ascents"].item() == 0.0
+    assert not any("non-finite gradient" in str(w.message) for w in caught)
+
+
+class _Counting(SAMStrategy):
+    """A stateful rule in miniature: counts its ascents and keeps the count in checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__(rho=0.1)
+        self.ascents = 0
+        self.restored: dict | None = None
+
+    def _ascent_step(self, batch, batch_idx):
+        self.ascents += 1
+        return super()._ascent_step(batch, batch_idx)
+
+    def rule_state_dict(self) -> dict:
+        return {"ascents": self.ascents}
+
+    def rule_load_state_dict(self, state: dict) -> None:
+        self.restored = dict(state)
+        self.ascents = state["ascents"]
+
+
+def test_rule_state_travels_through_a_checkpoint(tmp_path) -> None:
+    data = loader(make_data(dtype=torch.float32), 8)
+    first = trainer(_Counting(), tmp_path, max_epochs=1)
+    first.fit(TinyClassifier(), data)
+    path = tmp_path / "mid.ckpt"
+    first.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["callbacks"]["RuleStateCallback"] == {"ascents": 6}
+
+    resumed = _Counting()
+    trainer(resumed, tmp_path, max_epochs=2).fit(TinyClassifier(), data, ckpt_path=path)
+    assert resumed.restored == {"ascents": 6} and resumed.ascents == 12
+
+
+def test_the_rule_state_callback_is_connected_once() -> None:
+    t = trainer(SAMStrategy(), max_epochs=1)
+    model = TinyClassifier()
+    t.fit(model, loader(make_data(dtype=torch.float32), 8))
+    t.fit(model, loader(make_data(dtype=torch.float32), 8))
+    assert sum(isinstance(c, RuleStateCallback) for c in t.callbacks) == 1
