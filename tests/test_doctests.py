@@ -19,6 +19,10 @@ MODULES = [
     "ascent.callback",
     "strategies.sam",
     "strategies.asyncsam",
+    "rules_sam",
+    "strategies.descent",
+    "strategies.gsam",
+    "strategies.looksam",
 ]
 
 
