@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.nn import functional as F
 
 import lightning_asyncsam  # noqa: F401  (registers the names)
 from lightning_asyncsam import GSAMStrategy, LookSAMStrategy, SAMStrategy
@@ -95,6 +96,34 @@ def test_gsam_without_alpha_and_looksam_every_step_are_sam() -> None:
     want = reference_sam(*_net(), _data(), RHO)
     assert_trajectories_close(_fit(GSAMStrategy(rho=RHO, alpha=0.0)), want)
     assert_trajectories_close(_fit(LookSAMStrategy(rho=RHO, interval=1)), want)
+
+
+class ManualClassifier(TinyClassifier):
+    """Manual optimization: the ascent comes from ascent_loss, d is rebuilt inside opt.step()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def ascent_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(self.ascent_loss(batch))
+        opt.step()
+
+
+def test_manual_optimization_matches_reference() -> None:
+    for strategy, reference in [(GSAMStrategy(rho=RHO, alpha=0.8), lambda: reference_gsam(*_net(), _data(), RHO, 0.8)),
+                                (LookSAMStrategy(rho=RHO, interval=3, alpha=0.7),
+                                 lambda: reference_looksam(*_net(), _data(), RHO, 3, 0.7))]:
+        model = in_float64(ManualClassifier)
+        rec = Recorder()
+        trainer(strategy, max_epochs=EPOCHS, precision="64-true", callbacks=[rec]).fit(model, loader(make_data(), B))
+        assert_trajectories_close(rec.steps, reference())
 
 
 def test_references_differ_from_sam_and_sgd() -> None:
@@ -193,9 +222,9 @@ def test_a_gradient_scaler_is_refused(make_strategy) -> None:
 
 # ----------------------------------------------------------------------------- works with
 RULES = {
-    "asam": lambda: SAMStrategy(rho=RHO, adaptive=True, eta=ETA),
-    "gsam": lambda: GSAMStrategy(rho=RHO, alpha=0.8),
-    "looksam": lambda: LookSAMStrategy(rho=RHO, interval=4, alpha=0.7),  # t = 6, 7 reuse the g_v of t = 4
+    "asam": lambda **kw: SAMStrategy(rho=RHO, adaptive=True, eta=ETA, **kw),
+    "gsam": lambda **kw: GSAMStrategy(rho=RHO, alpha=0.8, **kw),
+    "looksam": lambda **kw: LookSAMStrategy(rho=RHO, interval=4, alpha=0.7, **kw),  # t = 6, 7 reuse t = 4's g_v
 }
 
 
@@ -260,8 +289,6 @@ class ReplicasAgree(L.Callback):
 def test_ddp_two_processes_on_cpu(rule: str) -> None:
     model = TinyClassifier()
     before = [p.detach().clone() for p in model.parameters()]
-    strategy = RULES[rule]()
-    strategy._start_method = "spawn"
-    t = trainer(strategy, devices=2, max_epochs=2, callbacks=[ReplicasAgree()])
+    t = trainer(RULES[rule](start_method="spawn"), devices=2, max_epochs=2, callbacks=[ReplicasAgree()])
     t.fit(model, loader(make_data(dtype=torch.float32), B))
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(model.parameters(), before))

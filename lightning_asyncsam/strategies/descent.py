@@ -4,7 +4,8 @@ GSAM and LookSAM do not step along the gradient of the last backward: they combi
 ascent gradient g of the same step (GSAM), or with a direction kept from an earlier step (LookSAM).
 That happens once per optimizer step, after every micro-batch's backward and the restore of the
 weights, and before clipping, ``on_before_optimizer_step`` and ``optimizer.step()``: inside the
-closure that the strategy hands to the precision plugin.
+closure that the strategy hands to the precision plugin (in manual optimization, inside the
+module's ``opt.step()``).
 """
 
 from __future__ import annotations
