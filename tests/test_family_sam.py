@@ -150,8 +150,7 @@ def test_looksam_keeps_g_v_across_fit_calls() -> None:
 # ----------------------------------------------------------------------------- the math
 def test_the_kept_directions_are_orthogonal() -> None:
     gen = torch.Generator().manual_seed(0)
-    g, g_s = ([torch.randn(3, 2, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)]
-              for _ in range(2))
+    g, g_s = ([torch.randn(shape, generator=gen, dtype=torch.float64) for shape in [(3, 2), (4,)]] for _ in range(2))
     g_v = [torch.zeros_like(x) for x in g]
     assert looksam_orthogonal_(g_v, g_s, g)
     assert abs(inner(g_v, g).item()) < 1e-12

@@ -7,4 +7,11 @@ from lightning_asyncsam.strategies.looksam import LookSAMStrategy
 from lightning_asyncsam.strategies.registry import register_all
 from lightning_asyncsam.strategies.sam import SAMStrategy
 
-__all__ = ["AsyncSAMStrategy", "GSAMStrategy", "LookSAMStrategy", "SAMStrategy", "SharpnessAwareStrategy", "register_all"]
+__all__ = [
+    "AsyncSAMStrategy",
+    "GSAMStrategy",
+    "LookSAMStrategy",
+    "SAMStrategy",
+    "SharpnessAwareStrategy",
+    "register_all",
+]

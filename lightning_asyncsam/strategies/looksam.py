@@ -63,7 +63,9 @@ class LookSAMStrategy(DescentDirectionStrategy):
     def __init__(self, rho: float = 0.1, interval: int = 2, alpha: float = 0.7, **kwargs: Any) -> None:
         for name in ("adaptive", "eta"):
             if name in kwargs:
-                raise ValueError(f"LookSAMStrategy got unexpected argument {name!r}: LookSAM has no adaptive (ASAM) form")
+                raise ValueError(
+                    f"LookSAMStrategy got unexpected argument {name!r}: LookSAM has no adaptive (ASAM) form"
+                )
         super().__init__(rho=rho, **kwargs)
         self.interval = _check_interval(interval)
         self.alpha = _check_nonnegative("alpha", alpha)
