@@ -40,8 +40,9 @@ class DescentDirectionStrategy(SAMStrategy):
 
     Example::
 
-        >>> issubclass(DescentDirectionStrategy, SAMStrategy)
-        True
+        >>> from lightning_asyncsam import GSAMStrategy, LookSAMStrategy
+        >>> [issubclass(c, DescentDirectionStrategy) for c in (SAMStrategy, GSAMStrategy, LookSAMStrategy)]
+        [False, True, True]
     """
 
     @override
