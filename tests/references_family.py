@@ -43,45 +43,62 @@ def _clip_and_step(net: nn.Module, opt: torch.optim.Optimizer, clip: float | Non
     return [p.detach().clone() for p in net.parameters()]
 
 
-def reference_asam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list[tuple[Tensor, Tensor]]],
-                   rho: float, eta: float, accumulate: int = 1) -> list[list[Tensor]]:
+class Shards(list):
+    """One step's batches, one per DDP rank (in place of a batch): the references then run data-parallel."""
+
+
+def _sam_pass(net: nn.Module, batch, rho: float, weight: float = 1.0, adaptive: bool = False,
+              eta: float = 0.0) -> list[Tensor]:
+    """Each rank: g_r at w on its batch, and loss(w + e_r) * weight backward into .grad, averaged over the
+    ranks (DDP's all-reduce); returns the mean of the g_r."""
+    parts = list(batch) if isinstance(batch, Shards) else [batch]
+    g_mean = [torch.zeros_like(p) for p in net.parameters()]
+    for part in parts:
+        g = _grads(net, part)
+        old = _asam_perturb(net, g, rho, eta) if adaptive else _perturb(net, g, rho)
+        (_loss(net, part) * weight / len(parts)).backward()
+        _restore(net, old)
+        g_mean = [m + x / len(parts) for m, x in zip(g_mean, g)]
+    return g_mean
+
+
+def _plain_pass(net: nn.Module, batch, weight: float = 1.0) -> None:
+    parts = list(batch) if isinstance(batch, Shards) else [batch]
+    for part in parts:
+        (_loss(net, part) * weight / len(parts)).backward()
+
+
+def reference_asam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list], rho: float, eta: float,
+                   accumulate: int = 1) -> list[list[Tensor]]:
     """ASAM (Kwon et al.): SAM with e = rho T^2 g / ||T g||, on every (micro-)batch."""
     history = []
     for batches in epochs:
         for i in range(0, len(batches), accumulate):
             opt.zero_grad()
             for batch in batches[i : i + accumulate]:
-                old = _asam_perturb(net, _grads(net, batch), rho, eta)
-                (_loss(net, batch) / accumulate).backward()
-                _restore(net, old)
+                _sam_pass(net, batch, rho, 1 / accumulate, adaptive=True, eta=eta)
             history.append(_clip_and_step(net, opt, None))
     return history
 
 
-def reference_gsam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list[tuple[Tensor, Tensor]]],
-                   rho: float, alpha: float, adaptive: bool = False, eta: float = 0.01,
-                   clip: float | None = None) -> list[list[Tensor]]:
+def reference_gsam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list], rho: float, alpha: float,
+                   adaptive: bool = False, eta: float = 0.01, clip: float | None = None) -> list[list[Tensor]]:
     """GSAM (Zhuang et al.): d = g_p - alpha (g - (<g, g_p> / ||g_p||^2) g_p), then clip and step."""
     history = []
     for batches in epochs:
         for batch in batches:
-            g = _grads(net, batch)
-            old = _asam_perturb(net, g, rho, eta) if adaptive else _perturb(net, g, rho)
             opt.zero_grad()
-            _loss(net, batch).backward()
-            _restore(net, old)
+            g = _sam_pass(net, batch, rho, adaptive=adaptive, eta=eta)
             g_p = [p.grad for p in net.parameters()]
             coef = _dot(g, g_p) / (_norm(g_p) ** 2 + EPS)
-            d = [gp - alpha * (gi - coef * gp) for gi, gp in zip(g, g_p)]
-            for p, di in zip(net.parameters(), d):
-                p.grad = di
+            for p, gi, gp in zip(net.parameters(), g, g_p):
+                p.grad = gp - alpha * (gi - coef * gp)
             history.append(_clip_and_step(net, opt, clip))
     return history
 
 
-def reference_looksam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list[tuple[Tensor, Tensor]]],
-                      rho: float, interval: int, alpha: float, accumulate: int = 1,
-                      clip: float | None = None) -> list[list[Tensor]]:
+def reference_looksam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[list], rho: float, interval: int,
+                      alpha: float, accumulate: int = 1, clip: float | None = None) -> list[list[Tensor]]:
     """LookSAM (Liu et al.): SAM and a new g_v at t mod k = 0; d = g + alpha (||g|| / ||g_v||) g_v otherwise.
 
     With accumulation, each micro-batch of a SAM step is perturbed by its own g, and g_v is built
@@ -91,18 +108,14 @@ def reference_looksam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[l
     g_v = [torch.zeros_like(p) for p in net.parameters()]
     for batches in epochs:
         for i in range(0, len(batches), accumulate):
-            t = len(history)
-            sam_step = t % interval == 0
+            sam_step = len(history) % interval == 0
             g_sum = [torch.zeros_like(p) for p in net.parameters()]
             opt.zero_grad()
             for batch in batches[i : i + accumulate]:
                 if sam_step:
-                    g = _grads(net, batch)
-                    g_sum = [a + b for a, b in zip(g_sum, g)]
-                    old = _perturb(net, g, rho)
-                (_loss(net, batch) / accumulate).backward()
-                if sam_step:
-                    _restore(net, old)
+                    g_sum = [a + b for a, b in zip(g_sum, _sam_pass(net, batch, rho, 1 / accumulate))]
+                else:
+                    _plain_pass(net, batch, 1 / accumulate)
             grad = [p.grad for p in net.parameters()]
             if sam_step:  # d = g_s
                 coef = _dot(grad, g_sum) / (_norm(g_sum) ** 2 + EPS)
@@ -113,4 +126,3 @@ def reference_looksam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[l
                     p.grad = p.grad + scale * v
             history.append(_clip_and_step(net, opt, clip))
     return history
-
