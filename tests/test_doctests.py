@@ -12,6 +12,8 @@ MODULES = [
     "strategies.state",
     "functional",
     "ascent.autotune",
+    "ascent.slowdown",
+    "ascent.devices",
     "ascent.affinity",
     "ascent.lookahead",
     "ascent.buffers",
