@@ -7,7 +7,14 @@
 
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.worker import AscentWorkerError
-from lightning_asyncsam.strategies import AsyncSAMStrategy, SAMStrategy, SharpnessAwareStrategy, register_all
+from lightning_asyncsam.strategies import (
+    AsyncSAMStrategy,
+    GSAMStrategy,
+    LookSAMStrategy,
+    SAMStrategy,
+    SharpnessAwareStrategy,
+    register_all,
+)
 
 __version__ = "0.1.0"
 
@@ -17,6 +24,8 @@ __all__ = [
     "AscentWorkerError",
     "AsyncSAMCallback",
     "AsyncSAMStrategy",
+    "GSAMStrategy",
+    "LookSAMStrategy",
     "SAMStrategy",
     "SharpnessAwareStrategy",
     "__version__",

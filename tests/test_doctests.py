@@ -21,6 +21,10 @@ MODULES = [
     "ascent.callback",
     "strategies.sam",
     "strategies.asyncsam",
+    "rules_sam",
+    "strategies.descent",
+    "strategies.gsam",
+    "strategies.looksam",
 ]
 
 

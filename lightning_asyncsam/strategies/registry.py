@@ -1,4 +1,4 @@
-"""Registration of the strategy names (``"sam"``, ``"asyncsam"`` and their variants) with Lightning."""
+"""Registration of the strategy names (``"sam"``, ``"asam"``, ``"asyncsam"``, ``"gsam"``, ``"looksam"``, ...) with Lightning."""
 
 from __future__ import annotations
 
@@ -23,13 +23,20 @@ def _register(registry: Any, cls: type, name: str, what: str, **init_params: Any
 
 
 def register_all(registry: Any = StrategyRegistry) -> None:
-    """Register ``"sam"``, ``"asyncsam"`` and their ``_spawn``/``_fork``/``_notebook`` variants."""
+    """Register every strategy name (``"sam"``, ``"asam"``, ``"asyncsam"``, ...) and its variants.
+
+    Each name also gets ``_spawn``, ``_fork`` and ``_notebook`` variants (see :func:`_register`).
+    """
     # Imported here, not at the top: the strategy modules import _register from this one.
     from lightning_asyncsam.strategies.asyncsam import AsyncSAMStrategy
+    from lightning_asyncsam.strategies.gsam import GSAMStrategy
+    from lightning_asyncsam.strategies.looksam import LookSAMStrategy
     from lightning_asyncsam.strategies.sam import SAMStrategy
 
-    SAMStrategy.register_strategies(registry)
+    SAMStrategy.register_strategies(registry)  # "sam" and "asam"
     AsyncSAMStrategy.register_strategies(registry)
+    GSAMStrategy.register_strategies(registry)
+    LookSAMStrategy.register_strategies(registry)
 
 
 __all__ = ["register_all"]
