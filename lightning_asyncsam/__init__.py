@@ -8,6 +8,7 @@
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.worker import AscentWorkerError
 from lightning_asyncsam.strategies import AsyncSAMStrategy, SAMStrategy, SharpnessAwareStrategy, register_all
+from lightning_asyncsam.strategies import AESAMStrategy, ESAMStrategy, MESAStrategy  # family2
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,9 @@ __all__ = [
     "AscentWorkerError",
     "AsyncSAMCallback",
     "AsyncSAMStrategy",
+    "AESAMStrategy",  # family2
+    "ESAMStrategy",  # family2
+    "MESAStrategy",  # family2
     "SAMStrategy",
     "SharpnessAwareStrategy",
     "__version__",

@@ -19,6 +19,13 @@ MODULES = [
     "ascent.callback",
     "strategies.sam",
     "strategies.asyncsam",
+    # family2
+    "rules_efficient",
+    "strategies.efficient_args",
+    "strategies.per_sample",
+    "strategies.esam",
+    "strategies.aesam",
+    "strategies.mesa",
 ]
 
 

@@ -30,6 +30,14 @@ def register_all(registry: Any = StrategyRegistry) -> None:
 
     SAMStrategy.register_strategies(registry)
     AsyncSAMStrategy.register_strategies(registry)
+    # family2: ESAM, AE-SAM, MESA
+    from lightning_asyncsam.strategies.aesam import AESAMStrategy
+    from lightning_asyncsam.strategies.esam import ESAMStrategy
+    from lightning_asyncsam.strategies.mesa import MESAStrategy
+
+    ESAMStrategy.register_strategies(registry)
+    AESAMStrategy.register_strategies(registry)
+    MESAStrategy.register_strategies(registry)
 
 
 __all__ = ["register_all"]
