@@ -261,3 +261,30 @@ def test_ddp_two_processes_on_cpu(make) -> None:
     t = trainer(make(), devices=2, max_epochs=2, callbacks=[_SameOnEveryRank()])
     t.fit(model, loader(make_data(dtype=torch.float32), 8))
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(model.parameters(), before))
+
+
+# ----------------------------------------------------------------------------- the recipes' Classifier
+def _classifier(label_smoothing: float = 0.0):
+    from lightning_asyncsam.app.classifier import Classifier
+
+    torch.manual_seed(0)
+    return Classifier(net=torch.nn.Linear(5, 3), num_classes=3, label_smoothing=label_smoothing,
+                      optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_classifier_per_sample_agrees_with_training_step(label_smoothing: float) -> None:
+    module = _classifier(label_smoothing)
+    x, y = make_data(dtype=torch.float32).tensors
+    logits, losses = module.per_sample((x[:8], y[:8]))
+    assert logits.shape == (8, 3) and losses.shape == (8,)
+    assert torch.allclose(losses.mean(), module.training_step((x[:8], y[:8]), 0), atol=1e-6)
+    assert torch.allclose(losses[3], F.cross_entropy(logits[3:4], y[3:4], label_smoothing=label_smoothing))
+
+
+@pytest.mark.parametrize("make", [lambda: ESAMStrategy(rho=0.1), lambda: MESAStrategy(start_epoch=0)],
+                         ids=["esam", "mesa"])
+def test_classifier_trains_and_logs_its_loss_under_the_per_sample_rules(make) -> None:
+    t = trainer(make(), max_epochs=1, log_every_n_steps=1)
+    t.fit(_classifier(), loader(make_data(dtype=torch.float32), B))
+    assert torch.isfinite(t.callback_metrics["train/loss"])

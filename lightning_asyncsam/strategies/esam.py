@@ -80,6 +80,19 @@ class ESAMStrategy(SharpnessAwareStrategy):
             self._generator = torch.Generator().manual_seed(self.seed)
 
     @override
+    def __getstate__(self) -> dict:
+        # A torch.Generator does not survive the spawn launcher's pickling: carry its state as bytes.
+        state = super().__getstate__()
+        state["_generator"] = self._generator.get_state().numpy().tobytes()
+        return state
+
+    @override
+    def __setstate__(self, state: dict) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["_generator"]), dtype=torch.uint8))
+        super().__setstate__({**state, "_generator": generator})
+
+    @override
     def rule_state_dict(self) -> dict[str, Any]:
         return {"generator": self._generator.get_state()}
 
