@@ -108,6 +108,38 @@ def test_aesam_matches_reference(optimizer: str, accumulate: int) -> None:
     assert 0 < sam_steps < total * accumulate  # both branches were taken: neither SAM nor SGD throughout
 
 
+class _CountingSteps(PerSampleClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        self.log("batch_idx", float(batch_idx))
+        return {"loss": super().training_step(batch, batch_idx), "extra": batch_idx}
+
+
+class _SeesEveryStep(L.Callback):
+    def __init__(self) -> None:
+        self.logged: list[float] = []
+        self.outputs: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.logged.append(trainer.callback_metrics["batch_idx"].item())
+        self.outputs.append(outputs["extra"])
+
+
+def test_aesam_sgd_steps_take_one_pass_and_keep_the_steps_logs_and_outputs() -> None:
+    model, seen = _CountingSteps(), _SeesEveryStep()
+    strategy = AESAMStrategy(rho=RHO, **AESAM)
+    t = trainer(strategy, max_epochs=EPOCHS, callbacks=[seen], log_every_n_steps=1)
+    t.fit(model, loader(make_data(dtype=torch.float32), B))
+    steps = t.global_step
+    assert 0 < strategy.sam_steps < steps
+    assert model.calls == steps + strategy.sam_steps  # an ascent every step, a second pass on SAM steps only
+    assert seen.logged == seen.outputs == [float(i) for _ in range(EPOCHS) for i in range(6)]
+
+
 # ----------------------------------------------------------------------------- MESA
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 @pytest.mark.parametrize("accumulate", [1, 2])
@@ -247,6 +279,13 @@ class _SameOnEveryRank(L.Callback):
         flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         gathered = trainer.strategy.all_gather(flat)
         assert torch.equal(gathered[0], gathered[1]), "DDP replicas diverged"
+        if isinstance(trainer.strategy, AESAMStrategy):  # every rank took the same branch
+            branches = trainer.strategy.all_gather(torch.tensor([trainer.strategy.sam_steps]))
+            assert branches[0].item() == branches[1].item() > 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if isinstance(trainer.strategy, AESAMStrategy):  # SGD steps too: the reused gradient under DDP
+            assert trainer.strategy.sam_steps < trainer.global_step
 
 
 @pytest.mark.slow
@@ -258,7 +297,7 @@ class _SameOnEveryRank(L.Callback):
 def test_ddp_two_processes_on_cpu(make) -> None:
     model = PerSampleClassifier()
     before = [p.detach().clone() for p in model.parameters()]
-    t = trainer(make(), devices=2, max_epochs=2, callbacks=[_SameOnEveryRank()])
+    t = trainer(make(), devices=2, max_epochs=4, callbacks=[_SameOnEveryRank()])
     t.fit(model, loader(make_data(dtype=torch.float32), 8))
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(model.parameters(), before))
 

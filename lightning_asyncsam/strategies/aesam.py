@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from typing_extensions import override
 
@@ -38,9 +41,13 @@ class AESAMStrategy(SharpnessAwareStrategy):
     ``ascent_loss(batch)``). Under DDP, g is all-reduced before q is taken, so that every rank takes
     the same branch. The branch needs q on the host: one device-to-host sync per (micro-)batch is
     inherent to the rule. A non-finite q leaves the moments alone, is counted in
-    ``sam/skipped_ascents`` and takes the SGD branch. On SGD steps the descent is the module's
-    ``training_step`` at w, a second pass: the saving AE-SAM's paper reports (skipping it) is not
-    taken here. ``sam_steps`` counts the SAM steps of the fit.
+    ``sam/skipped_ascents`` and takes the SGD branch.
+
+    An SGD step costs one forward and backward, the saving AE-SAM is for: when the ascent pass is
+    the module's own ``training_step`` (no ``ascent_loss``), its gradient g is put in ``.grad``
+    through a loss with the same value whose gradient is g, and the logs it made are replayed. With
+    an ``ascent_loss``, after a non-finite q, and under DDP with accumulation, the SGD step runs the
+    module's ``training_step`` at w instead. ``sam_steps`` counts the SAM steps of the fit.
 
     Args:
         rho: the perturbation radius.
@@ -72,6 +79,8 @@ class AESAMStrategy(SharpnessAwareStrategy):
         self.var = 0.0
         self.sam_steps = 0
         self._total_steps = math.inf
+        # An SGD step's descent from its ascent pass: (training_step's output, loss, g, logs to replay).
+        self._sgd_step: tuple[Any, Tensor, list[Tensor], list[tuple[str, tuple[Any, ...], dict[str, Any]]]] | None = None
 
     @override
     def setup(self, trainer: "pl.Trainer") -> None:
@@ -107,8 +116,17 @@ class AESAMStrategy(SharpnessAwareStrategy):
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
         module = self.lightning_module
         assert module is not None
-        with torch.enable_grad(), self.precision_plugin.train_step_context(), _no_logging(module):
-            loss = ascent_loss(module, batch, batch_idx)
+        self._sgd_step = None
+        # Without an `ascent_loss`, the ascent pass is the module's own training_step at w: on an SGD
+        # step its gradient is d itself, and its logs are the step's logs (kept to replay them).
+        own_step = not callable(getattr(module, "ascent_loss", None))
+        logs: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        quiet = _recording_logs(module, logs) if own_step else _no_logging(module)
+        with torch.enable_grad(), self.precision_plugin.train_step_context(), quiet:
+            out = module.training_step(batch, batch_idx) if own_step else None
+            loss = ascent_loss(module, batch, batch_idx) if out is None else _loss_of(out)
+        if loss is None:
+            loss = ascent_loss(module, batch, batch_idx)  # raises its TypeError naming `ascent_loss`
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
         step = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
         if not self._single_process:
@@ -117,19 +135,58 @@ class AESAMStrategy(SharpnessAwareStrategy):
         finite = math.isfinite(q)
         self._note_ascent(torch.tensor(finite, device=step[0].device))
         if not finite:
-            return None
+            return None  # the module's training_step descends at w (and may drop what broke the ascent)
         self.mu, self.var = aesam_moments(q, self.mu, self.var, self.decay)
         c = aesam_coefficient(module.trainer.global_step, self._total_steps, self.lambda1, self.lambda2)
-        if not aesam_use_sam(q, self.mu, self.var, c):
-            return None
-        self.sam_steps += 1
-        scale_to_radius_(step, self.rho)
-        return step
+        if aesam_use_sam(q, self.mu, self.var, c):
+            self.sam_steps += 1
+            scale_to_radius_(step, self.rho)
+            return step
+        # With accumulation under DDP, a micro-batch whose backward DDP syncs must go through DDP's
+        # forward; the reused gradient would skip that sync, so it only serves where no sync is missed.
+        if own_step and (self._single_process or module.trainer.accumulate_grad_batches == 1):
+            self._sgd_step = (out, loss.detach(), step, logs)
+        return None
+
+    @override
+    def _descent(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        pending, self._sgd_step = self._sgd_step, None
+        if pending is None:
+            return super()._descent(*args, **kwargs)
+        out, loss, grads, logs = pending
+        module = self.lightning_module
+        assert module is not None
+        for name, log_args, log_kwargs in logs:
+            getattr(module, name)(*log_args, **log_kwargs)
+        # A loss with the ascent's value whose gradient is g: its backward costs one multiply per weight
+        # instead of the second forward and backward through the network. Under DDP, g is already the
+        # all-reduced gradient and no DDP forward ran, so DDP does not reduce it again.
+        with torch.enable_grad():
+            dot = torch.stack([(p * g).sum() for p, g in zip(self._params, grads)]).sum()
+            surrogate = loss.to(dot.dtype) + (dot - dot.detach())
+        return {**out, "loss": surrogate} if isinstance(out, Mapping) else surrogate
 
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         _register(strategy_registry, cls, "aesam", "AE-SAM: SAM or SGD each step, by the gradient norm's statistics")
+
+
+def _loss_of(out: Any) -> Tensor | None:
+    loss = out.get("loss") if isinstance(out, Mapping) else out
+    return loss if isinstance(loss, Tensor) else None
+
+
+@contextmanager
+def _recording_logs(module: LightningModule, logs: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> Iterator[None]:
+    """Hold back ``self.log``/``self.log_dict`` calls in ``logs``, to replay them if the pass becomes the descent."""
+    for name in ("log", "log_dict"):
+        module.__dict__[name] = lambda *a, _name=name, **k: logs.append((_name, a, k))
+    try:
+        yield
+    finally:
+        module.__dict__.pop("log", None)
+        module.__dict__.pop("log_dict", None)
 
 
 __all__ = ["AESAMStrategy"]
