@@ -25,6 +25,12 @@ MODULES = [
     "strategies.descent",
     "strategies.gsam",
     "strategies.looksam",
+    "rules_efficient",
+    "strategies.efficient_args",
+    "strategies.per_sample",
+    "strategies.esam",
+    "strategies.aesam",
+    "strategies.mesa",
 ]
 
 
