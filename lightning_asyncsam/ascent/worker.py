@@ -270,7 +270,7 @@ class AscentWorker:
         self.weights.copy_from(self._weight_sources if weights is None else weights)
 
     def submit(self, step: int, batch: Any, n: int, batch_idx: int) -> None:
-        """Hand the worker its ascent batch (the first ``n`` samples of ``batch``) and start step ``step``.
+        """Hand the worker its ascent batch (the first ``n`` samples of ``batch``, all if it has fewer) and start ``step``.
 
         Call :meth:`publish` first: the worker reads the weights as soon as this returns.
         """
@@ -281,7 +281,7 @@ class AscentWorker:
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
-            conn.send(("step", step, n, batch_idx))
+            conn.send(("step", step, self.slot.n, batch_idx))
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
