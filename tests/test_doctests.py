@@ -17,6 +17,8 @@ MODULES = [
     "ascent.affinity",
     "ascent.lookahead",
     "ascent.buffers",
+    "ascent.launch",
+    "ascent.replica",
     "ascent.worker",
     "ascent.callback",
     "strategies.sam",
