@@ -8,9 +8,12 @@
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.worker import AscentWorkerError
 from lightning_asyncsam.strategies import (
+    AESAMStrategy,
     AsyncSAMStrategy,
+    ESAMStrategy,
     GSAMStrategy,
     LookSAMStrategy,
+    MESAStrategy,
     SAMStrategy,
     SharpnessAwareStrategy,
     register_all,
@@ -24,8 +27,11 @@ __all__ = [
     "AscentWorkerError",
     "AsyncSAMCallback",
     "AsyncSAMStrategy",
+    "AESAMStrategy",
+    "ESAMStrategy",
     "GSAMStrategy",
     "LookSAMStrategy",
+    "MESAStrategy",
     "SAMStrategy",
     "SharpnessAwareStrategy",
     "__version__",

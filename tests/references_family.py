@@ -126,3 +126,117 @@ def reference_looksam(net: nn.Module, opt: torch.optim.Optimizer, epochs: list[l
                     p.grad = p.grad + scale * v
             history.append(_clip_and_step(net, opt, clip))
     return history
+
+
+# --- family2 ---
+# ESAM, AE-SAM and MESA, written from the papers' algorithms without the package's code.
+
+import math as _math
+
+import torch as _torch
+from torch.nn import functional as _F
+
+from tiny import _grads, _loss, _restore
+
+
+def _per_sample_losses(net, batch):
+    x, y = batch
+    return _F.cross_entropy(net(x), y, reduction="none")
+
+
+def _add_(net, step, scale: float):
+    """w <- w + scale * step, returning the exact old weights."""
+    old = [p.detach().clone() for p in net.parameters()]
+    with _torch.no_grad():
+        for p, s in zip(net.parameters(), step):
+            p.add_(s * scale)
+    return old
+
+
+def _norm(tensors):
+    return _torch.sqrt(sum((t * t).sum() for t in tensors))
+
+
+def reference_esam(net, opt, epochs, rho: float, beta: float, gamma: float, seed: int = 0, accumulate: int = 1):
+    """ESAM (Du et al., 2022): SWP with probability beta per tensor, SDS keeping ceil(gamma b) samples."""
+    generator = _torch.Generator().manual_seed(seed)
+    params = list(net.parameters())
+    history = []
+    for batches in epochs:
+        for i in range(0, len(batches), accumulate):
+            opt.zero_grad()
+            for x, y in batches[i : i + accumulate]:
+                keep = _torch.rand(len(params), generator=generator, dtype=_torch.float64) < beta
+                before = _per_sample_losses(net, (x, y))
+                full = _torch.autograd.grad(before.mean(), params)
+                g_m = [g if k else _torch.zeros_like(g) for g, k in zip(full, keep.tolist())]
+                old = _add_(net, g_m, rho / beta / (_norm(g_m).item() + 1e-12))
+                k = _math.ceil(round(gamma * len(y), 9))
+                if k < len(y):
+                    with _torch.no_grad():
+                        sharp = _per_sample_losses(net, (x, y)) - before.detach()
+                    sharp = _torch.nan_to_num(sharp, nan=-_math.inf, posinf=-_math.inf)
+                    chosen = _torch.argsort(sharp, descending=True, stable=True)[:k]
+                    x, y = x[chosen], y[chosen]
+                (_per_sample_losses(net, (x, y)).mean() / accumulate).backward()
+                _restore(net, old)
+            opt.step()
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history
+
+
+def reference_aesam(net, opt, epochs, rho: float, lambda1: float, lambda2: float, decay: float, total: int,
+                    accumulate: int = 1):
+    """AE-SAM (Jiang et al., 2023, Algorithm 1). Returns the weights after every step and the SAM count."""
+    mu = var = 0.0
+    sam_steps = t = 0
+    history = []
+    for batches in epochs:
+        for i in range(0, len(batches), accumulate):
+            opt.zero_grad()
+            for batch in batches[i : i + accumulate]:
+                g = _grads(net, batch)
+                q = float(sum((x * x).sum() for x in g))
+                mu = decay * mu + (1 - decay) * q
+                var = decay * var + (1 - decay) * (q - mu) ** 2
+                c = (t / total) * lambda1 + (1 - t / total) * lambda2
+                old = None
+                if q >= mu + c * _math.sqrt(var):
+                    sam_steps += 1
+                    old = _add_(net, g, rho / (_math.sqrt(q) + 1e-12))
+                (_loss(net, batch) / accumulate).backward()
+                if old is not None:
+                    _restore(net, old)
+            opt.step()
+            t += 1
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history, sam_steps
+
+
+def reference_mesa(net, opt, epochs, beta: float, lam: float, tau: float, start_epoch: int, accumulate: int = 1):
+    """MESA (Du et al., 2022, Eq. 6-7): cross-entropy plus lam tau^2 KL to an EMA of the weights."""
+    names = [n for n, _ in net.named_parameters()] + [n for n, _ in net.named_buffers()]
+    live = list(net.parameters()) + list(net.buffers())
+    ema = [t.detach().clone() for t in live]
+    history = []
+    for epoch, batches in enumerate(epochs):
+        for i in range(0, len(batches), accumulate):
+            opt.zero_grad()
+            for x, y in batches[i : i + accumulate]:
+                logits = net(x)
+                loss = _F.cross_entropy(logits, y)
+                if epoch >= start_epoch and lam > 0:
+                    with _torch.no_grad():
+                        net.eval()
+                        ema_logits = _torch.func.functional_call(net, dict(zip(names, ema)), (x,))
+                        net.train()
+                    kl = _F.kl_div(_F.log_softmax(logits / tau, -1), _F.softmax(ema_logits / tau, -1),
+                                   reduction="batchmean")
+                    loss = loss + lam * tau**2 * kl
+                (loss / accumulate).backward()
+            opt.step()
+            with _torch.no_grad():
+                for e, w in zip(ema, live):
+                    e.copy_(beta * e + (1 - beta) * w if e.is_floating_point() else w)
+            history.append([p.detach().clone() for p in net.parameters()])
+    return history

@@ -12,9 +12,13 @@ MODULES = [
     "strategies.state",
     "functional",
     "ascent.autotune",
+    "ascent.slowdown",
+    "ascent.devices",
     "ascent.affinity",
     "ascent.lookahead",
     "ascent.buffers",
+    "ascent.launch",
+    "ascent.replica",
     "ascent.worker",
     "ascent.callback",
     "strategies.sam",
@@ -23,6 +27,12 @@ MODULES = [
     "strategies.descent",
     "strategies.gsam",
     "strategies.looksam",
+    "rules_efficient",
+    "strategies.efficient_args",
+    "strategies.per_sample",
+    "strategies.esam",
+    "strategies.aesam",
+    "strategies.mesa",
 ]
 
 

@@ -61,6 +61,18 @@ def test_asyncsam_with_gradient_accumulation(ascent_data: str) -> None:
     assert_trajectories_close(got, want)
 
 
+@pytest.mark.parametrize("ascent_data", ["previous", "next"])
+def test_adaptive_asyncsam_matches_reference(ascent_data: str) -> None:
+    """ASAM's rule on the stale gradient: e = rho T^2 g_{t-1} / ||T g_{t-1}||, T = |w_t| + eta on weights."""
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=4, ascent_threads=1, ascent_data=ascent_data,
+                                adaptive=True, eta=0.05), "sgd")
+    net, opt = _reference_net("sgd")
+    want = reference_asyncsam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, 4, ascent_data, adaptive=True, eta=0.05)
+    assert_trajectories_close(got, want)
+    plain = reference_asyncsam(*_reference_net("sgd"), epochs_of(make_data(), B, EPOCHS), RHO, 4, ascent_data)
+    assert max((x - y).abs().max().item() for x, y in zip(plain[-1], want[-1])) > 1e-3  # ASAM is not SAM here
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_sam_matches_reference(optimizer: str) -> None:
     got = _fit(SAMStrategy(rho=RHO), optimizer)

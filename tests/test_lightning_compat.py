@@ -66,7 +66,8 @@ def test_lr_scheduler_dict_and_gradient_clipping_match_reference() -> None:
     """Clipping sees the descent gradient at the restored weights; the scheduler steps per optimizer step."""
     model = in_float64(ScheduledClassifier)
     rec = Recorder()
-    t = trainer(_asyncsam(), max_epochs=3, precision="64-true", callbacks=[rec], gradient_clip_val=0.05)
+    t = trainer(_asyncsam(ascent_data="previous"), max_epochs=3, precision="64-true", callbacks=[rec],
+                gradient_clip_val=0.05)
     t.fit(model, loader(make_data(), B))
 
     net = in_float64(lambda: TinyClassifier().net)
@@ -94,7 +95,7 @@ def test_lr_scheduler_dict_and_gradient_clipping_match_reference() -> None:
 def test_batchnorm_statistics_update_at_the_perturbed_weights() -> None:
     """One forward per step in the main process, at w + e; the worker's forward leaves no trace."""
     model = in_float64(lambda: TinyClassifier(batchnorm=True))
-    t = trainer(_asyncsam(), max_epochs=2, precision="64-true")
+    t = trainer(_asyncsam(ascent_data="previous"), max_epochs=2, precision="64-true")
     t.fit(model, loader(make_data(), B))
 
     net = in_float64(lambda: TinyClassifier(batchnorm=True).net)
@@ -176,10 +177,11 @@ class ManualClassifier(TinyClassifier):
 def test_manual_optimization_matches_reference() -> None:
     model = in_float64(ManualClassifier)
     rec = Recorder()
-    t = trainer(_asyncsam(), max_epochs=2, precision="64-true", callbacks=[rec])
+    t = trainer(_asyncsam(ascent_data="previous"), max_epochs=2, precision="64-true", callbacks=[rec])
     t.fit(model, loader(make_data(), B))
     net = in_float64(lambda: TinyClassifier().net)
-    want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, 2), RHO, 4)
+    want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, 2), RHO, 4,
+                              "previous")
     assert_trajectories_close(rec.steps, want)
     assert t.global_step == 12
 
@@ -209,7 +211,9 @@ def test_two_fit_calls_continue_the_trajectory() -> None:
     t.fit_loop.max_epochs = 4
     t.fit(model, loader(make_data(), B))
     net = in_float64(lambda: TinyClassifier().net)
-    want = reference_asyncsam(net, make_optimizer("plain_sgd", net.parameters()), epochs_of(make_data(), B, 4), RHO, 4)
+    # The default ascent_data="next": the lookahead restarts with the second fit's loader.
+    want = reference_asyncsam(net, make_optimizer("plain_sgd", net.parameters()), epochs_of(make_data(), B, 4), RHO, 4,
+                              "next")
     assert_trajectories_close(rec.steps, want)
 
 

@@ -48,6 +48,7 @@ SUMMARY_KEYS = {
     "val_history",
     "epochs",
     "epoch_time_s",
+    "first_epoch_time_s",
     "epoch_times_s",
     "train_images_per_s",
     "fit_time_s",
@@ -87,6 +88,9 @@ def test_digits_run_writes_the_run_directory(algorithm: str, tmp_path: Path) -> 
     assert summary["version"] == lightning_asyncsam.__version__
     assert summary["git_sha"] is None or len(summary["git_sha"]) == 40
     assert summary["train_images_per_s"] > 0 and summary["epoch_time_s"] > 0 and len(summary["epoch_times_s"]) == 2
+    # Steady state: the epochs after the first (which holds the start-up), here the second alone.
+    assert summary["epoch_time_s"] == summary["epoch_times_s"][1]
+    assert summary["first_epoch_time_s"] == summary["epoch_times_s"][0]
     if algorithm == "asyncsam":
         assert isinstance(summary["ascent_batch_size"], int) and 1 <= summary["ascent_batch_size"] <= 16
         assert summary["ascent_device"] == summary["cpu"]

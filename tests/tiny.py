@@ -114,6 +114,23 @@ def _perturb(net: nn.Module, g: Sequence[Tensor], rho: float) -> list[Tensor]:
     return old
 
 
+def _adaptive_step(net: nn.Module, g: Sequence[Tensor], rho: float, eta: float) -> list[Tensor]:
+    """ASAM's e = rho * T^2 g / (||T g|| + eps), T = |w| + eta for weights ("...weight"), 1 otherwise."""
+    t = [p.detach().abs() + eta if name.endswith("weight") else torch.ones_like(p)
+         for name, p in net.named_parameters()]
+    norm = torch.sqrt(sum(((ti * x) ** 2).sum() for ti, x in zip(t, g)))
+    return [ti * ti * x * (rho / (norm + 1e-12)) for ti, x in zip(t, g)]
+
+
+def _add_step(net: nn.Module, e: Sequence[Tensor]) -> list[Tensor]:
+    """w <- w + e, returning the exact old weights."""
+    old = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p, x in zip(net.parameters(), e):
+            p.add_(x)
+    return old
+
+
 def _restore(net: nn.Module, old: Sequence[Tensor]) -> None:
     with torch.no_grad():
         for p, o in zip(net.parameters(), old):
@@ -132,8 +149,13 @@ def reference_asyncsam(
     ascent_batch_size: int,
     ascent_data: str = "previous",
     accumulate: int = 1,
+    adaptive: bool = False,
+    eta: float = 0.01,
 ) -> list[list[Tensor]]:
-    """Algorithm 1 (Eq. 3, tau = 1), serially. Returns the weights after every step."""
+    """Algorithm 1 (Eq. 3, tau = 1), serially. Returns the weights after every step.
+
+    With ``adaptive``, the step is ASAM's ``rho * T^2 g / ||T g||`` on ``g = g_{t-1}``, T from w_t.
+    """
     history = []
     stale: list[Tensor] | None = None
     for batches in epochs:
@@ -146,8 +168,12 @@ def reference_asyncsam(
                 source = micro[0]
             g_t = _grads(net, _head(source, ascent_batch_size))
             opt.zero_grad()
+            step = _adaptive_step(net, stale, rho, eta) if adaptive and stale is not None else None
             for batch in micro:
-                old = _perturb(net, stale, rho) if stale is not None else None  # line 5
+                if step is not None:
+                    old = _add_step(net, step)
+                else:
+                    old = _perturb(net, stale, rho) if stale is not None else None  # line 5
                 (_loss(net, batch) / accumulate).backward()                        # line 6
                 if old is not None:
                     _restore(net, old)

@@ -92,6 +92,19 @@ class Classifier(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
+    def per_sample(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits ``[b, C]`` and per-sample cross-entropies ``[b]``, whose mean is ``training_step``'s loss.
+
+        ESAM and MESA call this instead of ``training_step`` (they rank samples by loss, or need the
+        logits), so it logs ``train/loss`` as ``training_step`` does; their extra passes run with
+        logging silenced.
+        """
+        x, y = batch
+        logits = self(x)
+        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=self.label_smoothing)
+        self.log("train/loss", losses.mean(), on_step=True, on_epoch=False, prog_bar=True)
+        return logits, losses
+
     def on_train_epoch_start(self) -> None:
         """Log the learning rate the epoch starts with (one value per epoch)."""
         optimizers = self.optimizers(use_pl_optimizer=False)

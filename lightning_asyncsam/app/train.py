@@ -229,14 +229,17 @@ def build_summary(cfg: DictConfig, trainer: pl.Trainer, clock: RunClock, fit_tim
         fit_time_s: Wall-clock seconds of ``trainer.fit`` in this process.
 
     Returns:
-        ``val_acc_final`` / ``val_acc_best`` (fractions in [0, 1]), ``epoch_time_s`` (mean
-        wall-clock per epoch, validation included), ``train_images_per_s``, ``ascent_batch_size``
+        ``val_acc_final`` / ``val_acc_best`` (fractions in [0, 1]), ``epoch_time_s`` (the
+        steady-state wall-clock per epoch, validation included: the median of the epochs after
+        the first, or the only epoch), ``first_epoch_time_s`` (the first epoch alone: it holds
+        the start-up, AsyncSAM's worker included), ``train_images_per_s``, ``ascent_batch_size``
         (b', ``None`` without AsyncSAM), the algorithm, recipe, seed, package version, git SHA
         and more.
     """
     history = [acc for _, acc in clock.val_history]
     ascent = _metric(trainer, ASCENT_BATCH_SIZE_KEY)
     samples, train_time = sum(clock.train_samples), sum(clock.train_times)
+    steady = clock.epoch_times[1:] or clock.epoch_times  # the first epoch holds the start-up
     return {
         "recipe": cfg.get("recipe_name"),
         "algorithm": cfg.algorithm.name,
@@ -247,8 +250,9 @@ def build_summary(cfg: DictConfig, trainer: pl.Trainer, clock: RunClock, fit_tim
         # (elapsed seconds, val/acc) of every validation: Figure 4 even without metrics.csv.
         "val_history": [[round(t, 3), round(acc, 6)] for t, acc in clock.val_history],
         "epochs": len(clock.epoch_times),
-        "epoch_time_s": statistics.fmean(clock.epoch_times) if clock.epoch_times else None,
-        "epoch_time_std_s": statistics.stdev(clock.epoch_times) if len(clock.epoch_times) > 1 else None,
+        "epoch_time_s": statistics.median(steady) if steady else None,
+        "epoch_time_std_s": statistics.stdev(steady) if len(steady) > 1 else None,
+        "first_epoch_time_s": clock.epoch_times[0] if clock.epoch_times else None,
         "epoch_times_s": list(clock.epoch_times),
         "train_images_per_s": samples / train_time if train_time > 0 else None,
         "fit_time_s": fit_time_s,

@@ -128,6 +128,10 @@ class FlatTensors:
             staged.copy_(flat, non_blocking=self._pinned)
         return self._staging_views
 
+    def device_flats(self) -> list[Tensor]:
+        """The flat tensors that :meth:`to_device`'s views alias: one kernel per dtype rewrites them all."""
+        return self._flats if self._staging is None else self._staging
+
     @torch.no_grad()
     def copy_to(self, tensors: Sequence[Tensor]) -> None:
         """Write the buffers into ``tensors`` (host-to-device where they live on a GPU)."""
@@ -186,9 +190,22 @@ class BatchSlot:
     first dimension is the batch size get a shared buffer; everything else travels in the layout,
     which is pickled only when it changes (a new shape, dtype or constant leaf).
 
+    Per step, a batch that is a tensor or a flat tuple or list of tensors (the common case) costs no
+    pytree walk: its leaves are the batch itself, and its structure key is its type and length.
+
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
             (the descent batch size b), so a changing b' never reallocates.
+
+    Example::
+
+        >>> slot = BatchSlot()
+        >>> slot.write((torch.arange(6.0).view(3, 2), torch.tensor([0, 1, 2])), n=2)
+        True
+        >>> slot.size, slot.n, slot.write((torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64)), n=5)
+        (3, 2, False)
+        >>> slot.n
+        3
     """
 
     def __init__(self, capacity: int = 1) -> None:
@@ -196,11 +213,23 @@ class BatchSlot:
         self._key: Any = None
         self._buffers: list[Tensor | None] = []
         self.layout: tuple[TreeSpec, list[Any], list[Tensor | None]] | None = None
+        self.size = 0  # samples in the batch last written
+        self.n = 0     # samples of it copied: min(n, size)
+
+    @staticmethod
+    def _flatten(batch: Any) -> tuple[list[Any], Any]:
+        """The leaves of ``batch`` and a key for its structure (a TreeSpec only off the fast path)."""
+        if isinstance(batch, Tensor):
+            return [batch], Tensor
+        kind = type(batch)
+        if (kind is tuple or kind is list) and all(isinstance(x, Tensor) for x in batch):
+            return list(batch), (kind, len(batch))
+        return tree_flatten(batch)
 
     @staticmethod
     def batch_size(batch: Any) -> int:
         """The number of samples in ``batch``: the first dimension of its first tensor."""
-        for leaf in tree_flatten(batch)[0]:
+        for leaf in BatchSlot._flatten(batch)[0]:
             if isinstance(leaf, Tensor) and leaf.dim() > 0:
                 return int(leaf.shape[0])
         raise ValueError(
@@ -209,17 +238,18 @@ class BatchSlot:
 
     @torch.no_grad()
     def write(self, batch: Any, n: int) -> bool:
-        """Copy the first ``n`` samples of ``batch`` into the buffers.
+        """Copy the first ``n`` samples of ``batch`` into the buffers (all of them if it has fewer).
 
         Returns:
             True when the layout changed, so that the caller must send ``self.layout`` to the worker.
         """
-        leaves, spec = tree_flatten(batch)
-        size = self.batch_size(batch)
+        leaves, structure = self._flatten(batch)
+        size = self.batch_size(leaves)
         self.capacity = max(self.capacity, size)
-        key = (spec, self.capacity, tuple(self._leaf_key(x, size) for x in leaves))
+        key = (structure, self.capacity, tuple(self._leaf_key(x, size) for x in leaves))
         changed = key != self._key
         if changed:
+            spec = tree_flatten(batch)[1]
             buffers: list[Tensor | None] = []
             constants: list[Any] = []
             for x in leaves:
@@ -231,16 +261,18 @@ class BatchSlot:
                     constants.append(x.detach().cpu() if isinstance(x, Tensor) else x)
             self._key, self._buffers = key, buffers
             self.layout = (spec, constants, buffers)
+        n = min(n, size)
         for x, buf in zip(leaves, self._buffers):
             if buf is not None:
                 buf[:n].copy_(x[:n])
+        self.size, self.n = size, n
         return changed
 
     @staticmethod
     def _leaf_key(x: Any, size: int) -> Any:
         if isinstance(x, Tensor):
             batched = x.dim() > 0 and x.shape[0] == size
-            return ("t", x.dtype, tuple(x.shape[1:]) if batched else tuple(x.shape), batched)
+            return (x.dtype, x.shape[1:] if batched else x.shape, batched)
         try:
             hash(x)
             return ("c", x)

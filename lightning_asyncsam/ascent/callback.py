@@ -1,15 +1,26 @@
 """``AsyncSAMCallback``: the per-step synchronization of AsyncSAM, its diagnostics and its state.
 
 :class:`~lightning_asyncsam.strategies.asyncsam.AsyncSAMStrategy` appends this callback to the trainer by
-itself; users never add it. At the first micro-batch of optimizer step t it
+itself; users never add it. At the first micro-batch of optimizer step t, the strategy's own
+``training_step`` (which runs anyway) calls :meth:`AsyncSAMCallback.synchronize`, which
 
 1. collects ``g_{t-1}`` from the worker (waiting only if it is not ready: strict tau = 1) and
-   hands it to the strategy as this step's perturbation direction,
+   hands it to the strategy as this step's perturbation direction, unless its norm is not finite
+   (then the step runs unperturbed, and the skip is counted and warned about once per fit),
 2. publishes ``w_t`` and the ascent batch ``A_t`` to the worker and starts ``g_t``.
 
-It logs ``asyncsam/*`` diagnostics whenever the loggers update (and ``metrics`` holds them every
-step), and keeps the stale gradient in the checkpoint, so
-that a resumed run continues the trajectory of the uninterrupted one.
+No Lightning hook of this callback does per-step work: Lightning dispatches every hook of every
+callback, so the synchronization rides on a call that SGD pays too. The hooks compute the
+diagnostics (the cosine, a pass over the gradients) and hand them to the loggers (directly: see
+:meth:`AsyncSAMCallback._publish`) only on the steps whose values reach the loggers (see
+:func:`_logs_now`), once per optimizer step; :attr:`AsyncSAMCallback.metrics` holds them on
+every step. The callback also keeps the stale gradient in the checkpoint, so that a resumed run
+continues the trajectory of the uninterrupted one.
+
+``asyncsam/overhead_ms`` is everything this callback and the strategy add to the trainer's thread
+per optimizer step, averaged over the steps since the last log: the synchronization (collection,
+the direction, publishing, the batch hand-over, the lookahead), perturb and restore, the
+diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart.
 
 It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module
 does not import :mod:`lightning_asyncsam.strategies` (which imports it).
@@ -53,7 +64,7 @@ class AscentHost(Protocol):
     @property
     def threads(self) -> int: ...
 
-    def use_gradient(self, grads: FlatTensors | None) -> None: ...
+    def use_gradient(self, grads: FlatTensors | None, norm: float | None = None) -> None: ...
 
     def next_step_batch(self) -> Any: ...
 
@@ -76,25 +87,43 @@ class AsyncSAMCallback(Callback):
         self._step: int | None = None          # optimizer step whose held gradient this is
         self._held: list[Tensor] | None = None  # a collected g_{step}, not yet handed over (flat, host)
         self._submitted_at = 0.0
-        self._metrics: dict[str, float] = {}
         self._full_batch = 0
         self._trainer_ref: "pl.Trainer | None" = None  # state_dict() gets no trainer argument
         self._announced = False
+        self._log_step = False  # whether this optimizer step's diagnostics reach the loggers
+        # The latest diagnostics, as plain attributes: a dict is built only when they are logged.
+        self._wait_ms = 0.0
+        self._ascent_ms: float | None = None
+        self._grad_norm: float | None = None
+        self._n = 0.0
+        self._cos: Tensor | None = None  # a tensor: reading it would sync with the device
+        self._perturb_ms = 0.0
+        self.skipped_ascents = 0
+        self._skip_warned = False
+        # Trainer-thread time added by AsyncSAM: since the last log (window), and in all.
+        self._window_ms = 0.0
+        self._window_steps = 0
+        self._overhead_ms = 0.0
+        self.overhead_total_ms = 0.0
 
     # ----------------------------------------------------------------- the step boundary
-    @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
-                             batch_idx: int) -> None:
-        strategy = _strategy(trainer)
-        worker = strategy.worker
-        if worker is None:
-            return
-        step = trainer.global_step
-        if self._synced_step == step:
-            return  # a later micro-batch of the same optimizer step: same perturbation, no new ascent
+    def synchronize(self, trainer: "pl.Trainer", strategy: AscentHost, worker: AscentWorker, batch: Any,
+                    batch_idx: int) -> None:
+        """Collect ``g_{t-1}``, make it the strategy's direction, and start ``g_t`` (first micro-batch of step t).
+
+        Args:
+            trainer: the trainer.
+            strategy: the AsyncSAM strategy.
+            worker: its running worker.
+            batch: this micro-batch as ``training_step`` sees it (used only without a host copy).
+            batch_idx: this micro-batch's index in the epoch.
+        """
         start = time.perf_counter()
+        step = trainer.global_step
+        self._log_step = _logs_now(trainer)
         wait_ms = 0.0
         direction = None
+        norm: float | None = None
         if worker.in_flight is not None:
             if worker.in_flight == step - 1:
                 if not worker.ready():
@@ -104,36 +133,57 @@ class AsyncSAMCallback(Callback):
                 else:
                     result = worker.collect()
                 self._after_ascent(strategy, result.ascent_ms, result.grad_norm, result.samples, start)
-                direction = worker.grads[(step - 1) % 2]
+                if math.isfinite(result.grad_norm):
+                    direction, norm = worker.grads[(step - 1) % 2], result.grad_norm
+                else:
+                    self._skip(strategy)
             else:
                 worker.collect()  # stale by more than one step (e.g. a skipped batch): drop it
         elif self._held is not None and self._step == step - 1:
             worker.grads[(step - 1) % 2].load_flat(self._held)
             direction = worker.grads[(step - 1) % 2]
         self._held = None
-        strategy.use_gradient(direction)
+        strategy.use_gradient(direction, norm)
 
         ascent_batch = strategy.cpu_batch
-        if strategy.ascent_data == "next":
-            upcoming = strategy.next_step_batch()
-            ascent_batch = upcoming if upcoming is not None else ascent_batch
         if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
             ascent_batch = batch
         # b is the full batch size: a short last batch of an epoch neither rejects nor retunes b'.
-        b = max(self._full_batch, BatchSlot.batch_size(strategy.cpu_batch if strategy.cpu_batch is not None else batch))
-        self._full_batch = b
-        n = min(self._ascent_size(strategy, b), BatchSlot.batch_size(ascent_batch))
+        b = self._full_batch = max(self._full_batch, BatchSlot.batch_size(ascent_batch))
+        if strategy.ascent_data == "next":
+            upcoming = strategy.next_step_batch()
+            ascent_batch = upcoming if upcoming is not None else ascent_batch
+        n = self._ascent_size(strategy, b)
         worker.publish()
         if strategy.root_device.type == "cuda":
             torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
         worker.submit(step, ascent_batch, n, batch_idx)
         self._synced_step = step
-        self._submitted_at = time.perf_counter()
-        self._metrics.update({
-            "asyncsam/wait_ms": wait_ms,
-            "asyncsam/ascent_batch_size": float(n),
-            "asyncsam/overhead_ms": (time.perf_counter() - start) * 1e3 - wait_ms,
-        })
+        self._wait_ms = wait_ms
+        self._n = float(min(n, worker.slot.size))
+        self._submitted_at = end = time.perf_counter()
+        self._add_overhead((end - start) * 1e3 - wait_ms)
+        self._window_steps += 1
+
+    def synced(self, step: int) -> bool:
+        """Whether optimizer step ``step`` was synchronized (a later micro-batch of it needs nothing)."""
+        return self._synced_step == step
+
+    def _add_overhead(self, ms: float) -> None:
+        self._window_ms += ms
+        self.overhead_total_ms += ms
+
+    def _skip(self, strategy: AscentHost) -> None:
+        """A non-finite ``g_{t-1}`` is never applied: the step runs unperturbed, counted and warned about."""
+        self.skipped_ascents += 1
+        if not self._skip_warned:
+            self._skip_warned = True
+            rank_zero_warn(
+                "AsyncSAM: an ascent gradient was not finite (NaN or inf), so that step ran unperturbed. The "
+                "ascent batch holds a non-finite sample that the descent does not see or drops (for example data "
+                "that the module's `training_step` filters but its `ascent_loss` does not): check the data, or "
+                "filter it in `ascent_loss` too. Skipped ascents are counted in `asyncsam/skipped_ascents`."
+            )
 
     def _ascent_size(self, strategy: AscentHost, b: int) -> int:
         spec = strategy.ascent_batch_size
@@ -149,9 +199,9 @@ class AsyncSAMCallback(Callback):
 
     def _after_ascent(self, strategy: AscentHost, ascent_ms: float, norm: float, samples: int,
                       now: float) -> None:
-        window_ms = (now - self._submitted_at) * 1e3
-        self._metrics.update({"asyncsam/ascent_ms": ascent_ms, "asyncsam/ascent_grad_norm": norm})
+        self._ascent_ms, self._grad_norm = ascent_ms, norm
         if self._tuner is not None and strategy.ascent_batch_size == "auto":
+            window_ms = (now - self._submitted_at) * 1e3
             if self._tuner.observe(window_ms, ascent_ms, samples) and not self._announced:
                 self._announced = True
                 rank_zero_info(self._tuner.describe(str(strategy.root_device), strategy.ascent_device, strategy.threads))
@@ -163,28 +213,69 @@ class AsyncSAMCallback(Callback):
     @override
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                                  optimizer: torch.optim.Optimizer) -> None:
+        if not self._log_step:
+            return
+        start = time.perf_counter()
         strategy = _strategy(trainer)
         direction = strategy.direction
-        if direction is None or not _logs_now(trainer):
-            return
-        pairs = [(d, p.grad) for d, p in zip(direction, strategy._params) if p.grad is not None]
-        if pairs:
-            cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
-            self._metrics["asyncsam/cos_sim"] = cos  # type: ignore[assignment]  # a tensor: no device sync here
+        self._cos = None
+        if direction is not None:
+            pairs = [(d, p.grad) for d, p in zip(direction, strategy._params) if p.grad is not None]
+            if pairs:
+                self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
+        self._add_overhead((time.perf_counter() - start) * 1e3)
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        strategy = _strategy(trainer)
-        self._metrics["asyncsam/perturb_ms"] = strategy.perturb_ms
-        strategy.perturb_ms = 0.0
-        if _logs_now(trainer):
-            pl_module.log_dict(self._metrics, on_step=True, on_epoch=False, batch_size=1)
+        strategy = trainer.strategy
+        perturb_ms = getattr(strategy, "perturb_ms", 0.0)
+        strategy.perturb_ms = 0.0  # type: ignore[attr-defined]
+        self._perturb_ms = perturb_ms
+        self._add_overhead(perturb_ms)
+        if self._synced_step is None or trainer.global_step == self._synced_step:
+            return  # no step yet, or a micro-batch that did not end its optimizer step
+        if not (self._log_step or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return
+        start = time.perf_counter()
+        self._overhead_ms = self._window_ms / max(1, self._window_steps)
+        self._window_ms, self._window_steps = 0.0, 0
+        self._publish(trainer, self.metrics)
+        self._add_overhead((time.perf_counter() - start) * 1e3)  # counted in the next window
+
+    @staticmethod
+    def _publish(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
+        """Hand ``metrics`` to the loggers and to ``trainer.callback_metrics``, without ``LightningModule.log``.
+
+        Lightning's ``log`` registers, moves and validates a result object per call: about 0.1 to
+        1 ms per value on a 2-core CPU, several milliseconds for our eight, which would double the
+        cost AsyncSAM adds per step even when spread over ``log_every_n_steps``. The loggers get
+        the values directly, at the step Lightning gives its own metrics of this step.
+        """
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning logs this step's values at
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+    def _values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "asyncsam/wait_ms": self._wait_ms,
+            "asyncsam/ascent_batch_size": self._n,
+            "asyncsam/overhead_ms": self._overhead_ms,
+            "asyncsam/perturb_ms": self._perturb_ms,
+            "asyncsam/skipped_ascents": float(self.skipped_ascents),
+        }
+        if self._ascent_ms is not None:
+            values["asyncsam/ascent_ms"] = self._ascent_ms
+            values["asyncsam/ascent_grad_norm"] = self._grad_norm
+        if self._cos is not None and self._log_step:
+            values["asyncsam/cos_sim"] = self._cos
+        return values
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The latest step's ``asyncsam/*`` diagnostics, also on steps that do not log them."""
-        return {k: float(v) for k, v in self._metrics.items()}
+        """The latest step's ``asyncsam/*`` diagnostics (``overhead_ms``: as last logged), also on steps that do not log."""
+        return {k: float(v) for k, v in self._values().items()}
 
     # ----------------------------------------------------------------- end of training, checkpoints
     def _hold_in_flight(self, trainer: "pl.Trainer") -> None:
@@ -193,12 +284,17 @@ class AsyncSAMCallback(Callback):
         if worker is None or worker.in_flight is None:
             return
         result = worker.collect()
+        if not math.isfinite(result.grad_norm):  # never carried over: the next step runs unperturbed
+            self.skipped_ascents += 1
+            return
         self._held = worker.grads[result.step % 2].flat()
         self._step = result.step
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._synced_step = None
+        self._skip_warned = False
+        self._window_ms, self._window_steps = 0.0, 0
 
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -232,7 +328,7 @@ class AsyncSAMCallback(Callback):
 def _logs_now(trainer: "pl.Trainer") -> bool:
     """Whether this step's diagnostics reach the loggers.
 
-    Lightning's ``log`` costs about a millisecond per call, and the cosine a pass over the
+    Lightning's ``log`` costs tens of microseconds per call, and the cosine a pass over the
     gradients; on short steps neither is free. Loggers only receive values every
     ``log_every_n_steps`` anyway, so we compute and log exactly then (every step with
     ``log_every_n_steps=1``), and at the end of each epoch so that ``trainer.callback_metrics``

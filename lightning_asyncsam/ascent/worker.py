@@ -23,20 +23,32 @@ The contract, which the tests check:
 
 Per step the pipe carries one short tuple each way; the tensors move through shared memory
 (:mod:`lightning_asyncsam.ascent.buffers`).
+
+Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
+fixed amount of work, whatever the model's size: one non-blocking ``poll`` and one ``recv`` of a
+five-field tuple (:meth:`AscentWorker.collect`); one multiplication per dtype that turns
+``g_{t-1}`` into e (the worker sent ``||g_{t-1}||`` with it: no norm, no host sync; ASAM's rule
+adds its foreach norm); one ``torch._foreach_copy_`` that publishes ``w_t``; one slice copy per
+batch tensor into the batch slot (no pytree walk for a tensor or a flat tuple or list of them);
+one ``send`` of a four-field tuple. Each micro-batch adds perturb and restore (two foreach copies
+and one foreach add). No allocation beyond the views of a batch, no walk over the parameters in
+Python, and Lightning's ``log`` only on the steps whose values reach the loggers. On this
+project's 2-core VM that is about 0.1 ms per step, reported as ``asyncsam/overhead_ms``
+(benchmarks/overhead.py checks it against the difference to SGD).
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import types
 import os
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -44,7 +56,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.launch import after_fork, choose_start_method
 from lightning_asyncsam.ascent.loss import ascent_loss
+from lightning_asyncsam.ascent.replica import (
+    TrainerStandIn,
+    attach_stand_in,
+    compile_replica,
+    compile_settings,
+    trainer_dynamics,
+    trainer_statics,
+    uncompiled,
+)
 
 _POLL_S = 0.05
 _PARENT_CHECK_S = 0.5
@@ -65,6 +87,7 @@ class WorkerSpec:
     threads: int
     nice: int = 0
     cpus: tuple[int, ...] | None = None
+    start_method: str = "spawn"
 
 
 @dataclass(frozen=True)
@@ -78,14 +101,52 @@ class AscentResult:
 
 
 def serialize_module(module: nn.Module) -> bytes:
-    """Serialize ``module`` for the worker, by value where its class lives in ``__main__``."""
-    try:
-        import cloudpickle as pickle_module
-    except ImportError:  # pragma: no cover - cloudpickle is a dependency
-        import pickle as pickle_module
+    """Serialize ``module`` (uncompiled, with its compile context beside it) for the worker.
+
+    Classes travel by value where a fresh interpreter could not import them by name: those of
+    ``__main__`` (a script, a notebook: cloudpickle's own rule), of ``__mp_main__`` (the user's
+    script inside a rank started by the ``spawn`` launcher, where a reference would name a module
+    that the worker does not have), and of any module that has no import spec (code run by ``exec``).
+
+    Example::
+
+        >>> module, dynamo_ctx = load_module(serialize_module(torch.nn.Linear(2, 1)), "cpu")
+        >>> type(module).__name__, dynamo_ctx
+        ('Linear', None)
+    """
+    import cloudpickle
+
+    by_value = _unimportable_modules(module)
+    for m in by_value:
+        cloudpickle.register_pickle_by_value(m)
     buf = io.BytesIO()
-    torch.save(module, buf, pickle_module=pickle_module)
+    try:
+        with uncompiled(module):
+            torch.save((module, compile_settings(module)), buf, pickle_module=cloudpickle)
+    finally:
+        for m in by_value:
+            cloudpickle.unregister_pickle_by_value(m)
     return buf.getvalue()
+
+
+def load_module(payload: bytes, device: torch.device | str) -> tuple[nn.Module, object]:
+    """The inverse of :func:`serialize_module`: ``(module, dynamo_ctx or None)``, the tensors on ``device``."""
+    module, dynamo_ctx = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
+    return module, dynamo_ctx
+
+
+def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
+    """The modules defining ``module``'s classes that a fresh interpreter cannot import by name."""
+    out: dict[str, types.ModuleType] = {}
+    for sub in module.modules():
+        for cls in type(sub).__mro__:
+            name = cls.__module__
+            m = sys.modules.get(name)
+            if m is None or name in out or name == "__main__":  # cloudpickle sends __main__ by value itself
+                continue
+            if name == "__mp_main__" or getattr(m, "__spec__", None) is None and name != "builtins":
+                out[name] = m
+    return list(out.values())
 
 
 def named_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -98,21 +159,24 @@ def named_tensors(module: nn.Module) -> dict[str, Tensor]:
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors]) -> None:
     """Entry point of the worker process."""
     try:
+        if spec.start_method == "fork":
+            after_fork()
+        torch.set_grad_enabled(True)  # a forked child inherits the parent thread's grad mode
         if spec.cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, spec.cpus)  # before torch starts its thread pool, which inherits it
         torch.set_num_threads(spec.threads)
         if spec.nice and hasattr(os, "nice"):
             os.nice(spec.nice)
-        # The replica's `self.log` has no trainer to write to; Lightning warns and returns.
-        warnings.filterwarnings("ignore", message=r".*self\.log.*")
-        warnings.filterwarnings("ignore", message=r".*self\.trainer.*")
         device = torch.device(spec.device)
-        raw = spec.module_bytes.numpy().tobytes()
-        module: nn.Module = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
+        module, dynamo_ctx = load_module(spec.module_bytes.numpy().tobytes(), device)
         # .to() also resets a LightningModule's remembered device, so `self.device` in the user's
         # training_step names the worker's device, not the trainer's GPU.
         module.to(device)
         module.train()
+        trainer = TrainerStandIn()
+        attach_stand_in(module, trainer)
+        if dynamo_ctx is not None:
+            compile_replica(module, dynamo_ctx)
         tensors = named_tensors(module)
         mirror = [tensors[n] for n in spec.weight_names]
         trainable = [tensors[n] for n in spec.grad_names]
@@ -139,7 +203,11 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             if kind == "layout":
                 layout = msg[1]
                 continue
+            if kind == "trainer":
+                trainer.update(msg[1])
+                continue
             _, step, n, batch_idx = msg
+            trainer.update({"global_step": step})
             start = time.perf_counter()
             weights.copy_to(mirror)
             batch = read_batch(layout, n, device)  # type: ignore[arg-type]
@@ -225,6 +293,9 @@ class AscentWorker:
         payload = torch.frombuffer(bytearray(serialize_module(module)), dtype=torch.uint8).share_memory_()
         self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads, nice,
                                 tuple(cpus) if cpus else None)
+        self._module = module  # its trainer's state is mirrored into the replica's stand-in
+        self._trainer_sent: dict[str, Any] | None = None
+        self.start_method: str | None = None  # "fork" or "spawn", chosen by start()
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False
@@ -236,21 +307,24 @@ class AscentWorker:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
-        """Spawn the worker; it boots (imports, loads the module) while the trainer goes on.
+        """Start the worker (forked where that is safe, else spawned); it boots while the trainer goes on.
 
         The first :meth:`submit` waits until it is ready, so a boot that overlaps the sanity check,
-        the first step (which is never perturbed) and data loading costs nothing.
+        the first step (which is never perturbed) and data loading costs nothing. The start method
+        is in :attr:`start_method` (see :mod:`lightning_asyncsam.ascent.launch`).
         """
-        ctx = mp.get_context("spawn")
+        self.start_method = choose_start_method(self._spec.device, self._spec.threads)
+        ctx = mp.get_context(self.start_method)
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._process = ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._spec, self.weights, self.grads),
+            args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads),
             name="asyncsam-ascent-worker",
             daemon=True,
         )
         self._conn = parent_conn
-        with _main_module_hidden():
+        self._trainer_sent = None
+        with _main_module_hidden() if self.start_method == "spawn" else nullcontext():
             self._process.start()
         child_conn.close()
         self._ready = False
@@ -270,7 +344,7 @@ class AscentWorker:
         self.weights.copy_from(self._weight_sources if weights is None else weights)
 
     def submit(self, step: int, batch: Any, n: int, batch_idx: int) -> None:
-        """Hand the worker its ascent batch (the first ``n`` samples of ``batch``) and start step ``step``.
+        """Hand the worker its ascent batch (the first ``n`` samples of ``batch``, all if it has fewer) and start ``step``.
 
         Call :meth:`publish` first: the worker reads the weights as soon as this returns.
         """
@@ -281,7 +355,8 @@ class AscentWorker:
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
-            conn.send(("step", step, n, batch_idx))
+            self._sync_trainer(conn)
+            conn.send(("step", step, self.slot.n, batch_idx))
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
@@ -300,6 +375,20 @@ class AscentWorker:
     def ready(self) -> bool:
         """Whether the step in flight has finished (never blocks)."""
         return self.in_flight is not None and self._require_conn().poll(0)
+
+    def _sync_trainer(self, conn: Connection) -> None:
+        """Send the replica's trainer stand-in what changed: everything the first time, then epoch and hyperparameters."""
+        trainer = getattr(self._module, "_trainer", None)
+        if trainer is None:
+            return
+        state = trainer_dynamics(trainer)
+        if self._trainer_sent is None:
+            state.update(trainer_statics(trainer))
+            self._trainer_sent = {}
+        changed = {k: v for k, v in state.items() if k not in self._trainer_sent or self._trainer_sent[k] != v}
+        if changed:
+            conn.send(("trainer", changed))
+            self._trainer_sent.update(changed)
 
     def _require_conn(self) -> Connection:
         if self._conn is None or self._process is None:

@@ -7,6 +7,7 @@ synchronizes the worker with the training loop.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from lightning_asyncsam.ascent.buffers import FlatTensors
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 from lightning_asyncsam.ascent.worker import AscentWorker
-from lightning_asyncsam.functional import scale_to_radius_
+from lightning_asyncsam.functional import EPS, adaptive_ascent_step_, scale_to_radius_
 from lightning_asyncsam.strategies.base import SharpnessAwareStrategy
 from lightning_asyncsam.strategies.registry import _register
 
@@ -45,9 +46,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_threads: torch threads in the worker. None: the cores of this node divided among
             its ranks, minus one for a GPU-driving main process, or half of them when the main
             process also computes on the CPU.
-        ascent_data: ``"previous"`` (the paper: A_t is the first b' samples of B_t) or ``"next"``
-            (A_t comes from the first micro-batch of step t+1, read one step ahead, so the
-            perturbation at step t+1 was computed on the batch that step t+1 descends on).
+        ascent_data: ``"next"`` (the default: A_t comes from the first micro-batch of step t+1,
+            read one step ahead, so the perturbation at step t+1 was computed on the batch that
+            step t+1 descends on, as in SAM) or ``"previous"`` (the paper's exact Algorithm 1: A_t
+            is the first b' samples of B_t). On digits with label noise "next" kept SAM's whole
+            gain over SGD and "previous" almost none, at the same speed (see the README).
         ascent_nice: how far the worker lowers its scheduling priority, 0 to 19 (POSIX ``nice``).
             The default 10 lets the main process, the critical path, win any contention for cores.
         ascent_cpus: the cores the worker runs on (Linux); the trainer's process keeps the rest of
@@ -56,6 +59,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             on the CPU too (the worker takes ``ascent_threads`` of them); beside a GPU, where the
             main process's cores also serve its data-loader workers, pin nothing. A list of core
             ids pins the worker there in any case.
+        adaptive: ASAM's rule (Kwon et al., 2021) on the stale gradient: e = rho T^2 g / ||T g||
+            with g = g_{t-1} and T = |w_t| + eta for the parameters whose name ends in ``weight``,
+            1 for the others.
+        eta: ASAM's offset in T (used with ``adaptive=True``).
         **kwargs: see :class:`SharpnessAwareStrategy`.
 
     Example::
@@ -65,7 +72,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         >>> trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=1, logger=False,
         ...                     enable_progress_bar=False, enable_checkpointing=False)
         >>> trainer.strategy.ascent_data
-        'previous'
+        'next'
     """
 
     strategy_name = "asyncsam"
@@ -76,9 +83,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         ascent_batch_size: int | float | str = "auto",
         ascent_device: str | torch.device = "cpu",
         ascent_threads: int | None = None,
-        ascent_data: AscentData = "previous",
+        ascent_data: AscentData = "next",
         ascent_nice: int = 10,
         ascent_cpus: Sequence[int] | Literal["auto"] | None = None,
+        adaptive: bool = False,
+        eta: float = 0.01,
         **kwargs: Any,
     ) -> None:
         super().__init__(rho=rho, **kwargs)
@@ -89,17 +98,26 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             raise ValueError(f"ascent_threads={ascent_threads!r} is not allowed: use None or an int >= 1")
         self.ascent_threads = ascent_threads
         if ascent_data not in ("previous", "next"):
-            raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper) or 'next'")
+            raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper's Algorithm 1) or 'next' (the default)")
         self.ascent_data: AscentData = ascent_data
         if isinstance(ascent_nice, bool) or not isinstance(ascent_nice, int) or not 0 <= ascent_nice <= 19:
             raise ValueError(f"ascent_nice={ascent_nice!r} is not allowed: use an int from 0 to 19")
         self.ascent_nice = ascent_nice
         self.ascent_cpus = _check_ascent_cpus(ascent_cpus)
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive={adaptive!r} is not allowed: use True (ASAM's rule) or False")
+        self.adaptive = adaptive
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta={eta!r} is not allowed: ASAM's offset must be a finite number >= 0")
+        self.eta = float(eta)
+        self._adaptive_flags: list[bool] = []  # per trainable parameter: does T = |w| + eta apply?
         self._affinity = ProcessAffinity()
         self.worker: AscentWorker | None = None
         self.direction: Sequence[Tensor] | None = None  # this step's e = rho * g_{t-1} / ||g_{t-1}||
         self.cpu_batch: Any = None
         self.lookahead: LookaheadLoader | None = None
+        self._sync: AsyncSAMCallback | None = None
+        self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
 
     @property
     def threads(self) -> int:
@@ -118,14 +136,23 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     def connect(self, model: "pl.LightningModule") -> None:
         super().connect(model)
         trainer = model._trainer
-        if trainer is not None and not any(isinstance(c, AsyncSAMCallback) for c in trainer.callbacks):
-            trainer.callbacks.append(AsyncSAMCallback())
+        if trainer is not None:
+            found = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
+            if not found:
+                found = [AsyncSAMCallback()]
+                trainer.callbacks.append(found[0])
+            self._sync = found[0]
 
     @override
     def setup(self, trainer: "pl.Trainer") -> None:
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
+            module = self.lightning_module
+            assert module is not None
+            names = {id(p): n for n, p in module.named_parameters()}
+            self._adaptive_flags = [names.get(id(p), "").endswith("weight") for p in self._params]
+            self._plain_transfer = None
             self._start_worker()
 
     def _start_worker(self) -> None:
@@ -221,36 +248,69 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
         None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`).
         """
-        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        module = self.lightning_module
+        trainer = module.trainer  # type: ignore[union-attr]
         raw = self.lookahead.peek(trainer.accumulate_grad_batches) if self.lookahead is not None else None
         if raw is None:
             return None
+        if self._plain_transfer is None:
+            self._plain_transfer = _plain_transfer(trainer)
+        if self._plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
+            return raw
         batch = trainer.precision_plugin.convert_input(raw)
-        return self.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
+        return module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
 
     # ----------------------------------------------------------------- the perturbation
-    def use_gradient(self, grads: FlatTensors | None) -> None:
+    def use_gradient(self, grads: FlatTensors | None, norm: float | None = None) -> None:
         """Make ``g_{t-1}`` (a host buffer from the worker) this step's perturbation; None: no perturbation.
 
         The gradient moves to the main device in one copy per dtype, and the step
         ``e = rho * g / ||g||`` is formed there once, in place: every micro-batch of the step adds
         it, with no allocation and no second pass over the weights per micro-batch.
+
+        Args:
+            grads: ``g_{t-1}``, or None.
+            norm: ``||g_{t-1}||`` as the worker measured it (finite). Given, the scale is a host
+                number and e is one multiplication per dtype, with no norm on the trainer's
+                thread; ASAM's rule and a gradient from a checkpoint compute theirs.
         """
         if grads is None:
             self.direction = None
             return
         direction = grads.to_device()
-        scale_to_radius_(direction, self.rho)
+        if self.adaptive:
+            adaptive_ascent_step_(direction, self._params, self._adaptive_flags, self.rho, self.eta)
+        elif norm is not None:
+            torch._foreach_mul_(grads.device_flats(), self.rho / (norm + EPS))  # Eq. 3 on the flat buffers
+        else:
+            scale_to_radius_(direction, self.rho, storage=grads.device_flats())
         self.direction = direction
 
     @override
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
+        worker, sync = self.worker, self._sync
+        if worker is not None and sync is not None:
+            trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+            if not sync.synced(trainer.global_step):  # the first micro-batch of this optimizer step
+                sync.synchronize(trainer, self, worker, batch, batch_idx)
         return self.direction
 
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
+
+
+def _plain_transfer(trainer: "pl.Trainer") -> bool:
+    """Whether the training loop hands ``batch_to_device`` its batches unchanged (no precision cast, no hook)."""
+    from lightning.pytorch.core.hooks import DataHooks
+    from lightning.pytorch.plugins.precision import Precision
+
+    if type(trainer.precision_plugin).convert_input is not Precision.convert_input:
+        return False
+    selector = trainer._data_connector._datahook_selector
+    owner = selector.get_instance("on_before_batch_transfer") if selector is not None else trainer.lightning_module
+    return getattr(type(owner), "on_before_batch_transfer", None) is DataHooks.on_before_batch_transfer
 
 
 def _check_ascent_cpus(value: object) -> list[int] | Literal["auto"] | None:

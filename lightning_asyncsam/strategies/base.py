@@ -240,7 +240,7 @@ class SharpnessAwareStrategy(DDPStrategy):
         if step is not None:
             self._perturb(step)
         try:
-            out = super().training_step(*args, **kwargs)
+            out = self._descent(*args, **kwargs)
         except BaseException:
             self._restore()
             raise
@@ -251,6 +251,11 @@ class SharpnessAwareStrategy(DDPStrategy):
         if self._skipped is not None and module is not None and logs_now(module.trainer):
             self._report_skips(log=True)
         return out
+
+    def _descent(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """The descent pass at the (perturbed) weights: the module's ``training_step``, unless a rule
+        computes its own loss (ESAM and MESA call the module's ``per_sample`` instead)."""
+        return super().training_step(*args, **kwargs)
 
     @override
     def post_backward(self, closure_loss: Tensor) -> None:

@@ -28,15 +28,16 @@ def register_all(registry: Any = StrategyRegistry) -> None:
     Each name also gets ``_spawn``, ``_fork`` and ``_notebook`` variants (see :func:`_register`).
     """
     # Imported here, not at the top: the strategy modules import _register from this one.
+    from lightning_asyncsam.strategies.aesam import AESAMStrategy
     from lightning_asyncsam.strategies.asyncsam import AsyncSAMStrategy
+    from lightning_asyncsam.strategies.esam import ESAMStrategy
     from lightning_asyncsam.strategies.gsam import GSAMStrategy
     from lightning_asyncsam.strategies.looksam import LookSAMStrategy
+    from lightning_asyncsam.strategies.mesa import MESAStrategy
     from lightning_asyncsam.strategies.sam import SAMStrategy
 
-    SAMStrategy.register_strategies(registry)  # "sam" and "asam"
-    AsyncSAMStrategy.register_strategies(registry)
-    GSAMStrategy.register_strategies(registry)
-    LookSAMStrategy.register_strategies(registry)
+    for cls in (SAMStrategy, AsyncSAMStrategy, GSAMStrategy, LookSAMStrategy, ESAMStrategy, AESAMStrategy, MESAStrategy):
+        cls.register_strategies(registry)  # SAMStrategy registers "sam" and "asam"
 
 
 __all__ = ["register_all"]

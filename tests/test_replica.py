@@ -1,0 +1,150 @@
+"""What a training step reads in AsyncSAM's ascent replica: the trainer stand-in and the ecosystem audit (issue 12).
+
+The replica runs the user's ``training_step`` in the worker process. Each check below runs there
+too: a wrong value fails the fit with the worker's traceback, and a marker file proves that the
+replica, not only the main process, ran the check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lightning_asyncsam import AsyncSAMStrategy
+from lightning_asyncsam.ascent.replica import ReplicaAttributeError, TrainerStandIn
+from lightning_asyncsam.ascent.worker import AscentWorkerError
+from tiny import TinyClassifier, loader, make_data, trainer
+
+BATCHES = 6  # 48 samples, batch 8
+
+
+class Reader(TinyClassifier):
+    """Reads what real training steps read, and checks every value against what the trainer holds."""
+
+    def __init__(self, marker: str, read: str = "all") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.main_pid = os.getpid()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        t = self.trainer
+        if self.hparams.read == "all":
+            epoch = self.current_epoch
+            assert self.global_step == epoch * BATCHES + batch_idx, (self.global_step, epoch, batch_idx)
+            assert t.current_epoch == epoch and t.global_step == self.global_step
+            assert (t.max_epochs, t.max_steps, t.estimated_stepping_batches) == (2, -1, 2 * BATCHES)
+            assert (t.num_training_batches, t.accumulate_grad_batches) == (BATCHES, 1)
+            assert (t.world_size, t.global_rank, t.local_rank, t.is_global_zero) == (1, 0, 0, True)
+            assert t.training and not t.sanity_checking and not t.fast_dev_run
+            assert t.precision == "32-true"
+            lr = 0.1 * 0.5 ** epoch  # StepLR below
+            assert abs(t.optimizers[0].param_groups[0]["lr"] - lr) < 1e-12
+            assert abs(self.optimizers().param_groups[0]["lr"] - lr) < 1e-12
+            assert self.device == torch.device("cpu") and self.dtype == torch.float32
+            assert self.hparams.marker == self.hparams["marker"]
+            self.log("train_loss", loss, sync_dist=True)
+            self.log_dict({"a": loss, "b": loss}, sync_dist=True)
+        elif os.getpid() != self.main_pid:  # in the main process these are the real trainer's
+            eval(self.hparams.read)  # noqa: S307 - the test's own expressions
+        if os.getpid() != self.main_pid:
+            Path(self.hparams.marker).write_text("replica ran the checks")
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+
+def _fit(model: L.LightningModule, **kwargs) -> L.Trainer:
+    t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2, **kwargs)
+    t.fit(model, loader(make_data(dtype=torch.float32), 8))
+    return t
+
+
+def test_the_replica_reads_the_trainers_state_kept_current(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    t = _fit(Reader(str(marker)))
+    assert marker.exists()  # the replica ran every check above at every step, epochs 0 and 1
+    assert t.global_step == 2 * BATCHES and "train_loss" in t.callback_metrics
+
+
+@pytest.mark.parametrize(
+    ("read", "named"),
+    [
+        ("self.trainer.datamodule", "`self.trainer.datamodule`"),
+        ("self.trainer.callbacks", "`self.trainer.callbacks`"),
+        ("self.lr_schedulers()", "`self.lr_schedulers()`"),
+        ("self.trainer.optimizers[0].state", "`optimizer.state`"),
+    ],
+)
+def test_what_the_replica_cannot_provide_fails_at_once_naming_it(tmp_path: Path, read: str, named: str) -> None:
+    with pytest.raises(AscentWorkerError, match=r"(?s)ReplicaAttributeError: " + named.replace("(", r"\(")
+                       .replace(")", r"\)") + r".*away from the Trainer.*ascent_loss\(self, batch\)"):
+        _fit(Reader(str(tmp_path / "marker"), read=read))
+
+
+def test_getattr_with_a_default_still_works_in_the_replica(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    _fit(Reader(str(marker), read="getattr(self.trainer, 'datamodule', None)"))
+    assert marker.exists()
+
+
+def test_the_stand_in_is_read_only() -> None:
+    t = TrainerStandIn({"max_epochs": 3, "optimizers": [[{"lr": 0.1}]]})
+    with pytest.raises(ReplicaAttributeError, match="setting `self.trainer.max_epochs`"):
+        t.max_epochs = 4
+    with pytest.raises(TypeError):
+        t.optimizers[0].param_groups[0]["lr"] = 1.0  # type: ignore[index]
+    assert not hasattr(t, "datamodule") and t.logger is None and t.loggers == []
+
+
+class ManualReader(TinyClassifier):
+    """Manual optimization: ``manual_backward`` in the training step, ``ascent_loss`` for the replica."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.marker = marker
+        self.main_pid = os.getpid()
+
+    def ascent_loss(self, batch):
+        x, y = batch
+        assert self.trainer.optimizers[0].param_groups[0]["lr"] == 0.1 and self.trainer.max_epochs == 2
+        if os.getpid() != self.main_pid:
+            Path(self.marker).write_text("replica")
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = self.ascent_loss(batch)
+        self.manual_backward(loss)
+        opt.step()
+        self.log("train_loss", loss, sync_dist=True)
+        return loss
+
+
+def test_manual_optimization_with_ascent_loss_reads_the_stand_in(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    t = _fit(ManualReader(str(marker)))
+    assert marker.exists() and t.global_step == 2 * BATCHES
+
+
+class ManualBackwardInAscent(ManualReader):
+    def ascent_loss(self, batch):
+        loss = super().ascent_loss(batch)
+        if os.getpid() != self.main_pid:
+            self.manual_backward(loss)
+        return loss
+
+
+def test_manual_backward_in_the_replica_is_refused_with_the_remedy(tmp_path: Path) -> None:
+    with pytest.raises(AscentWorkerError, match=r"`self.manual_backward\(\)` \(return the loss from `ascent_loss`"):
+        _fit(ManualBackwardInAscent(str(tmp_path / "marker")))
