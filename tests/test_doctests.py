@@ -17,6 +17,8 @@ MODULES = [
     "ascent.callback",
     "strategies.sam",
     "strategies.asyncsam",
+    "app.report",
+    "app.figures",
 ]
 
 
