@@ -5,7 +5,7 @@ minimum resists it), so the comparison stands out of the seed noise even on a ti
 digits are the only real image data available offline here.
 
 Commands:
-    python benchmarks/accuracy.py                 # 10 algorithms x 5 seeds, about 15 minutes on 2 cores
+    python benchmarks/accuracy.py                 # 10 algorithms x 5 seeds, an estimated 15 minutes on 2 cores
     python benchmarks/accuracy.py --algorithms sgd,sam,asyncsam --seeds 3
     asyncsam-report benchmarks/results/accuracy_digits_noise.json --plot figure4.png   # Table 4.1, Figure 4
 
