@@ -99,7 +99,7 @@ def plot_accuracy_vs_time(runs: Sequence[Run], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    fig.suptitle("Accuracy against wall-clock time (Figure 4): mean over seeds, band of one std")
+    fig.suptitle("Figure 4: accuracy against wall-clock time\n(mean over seeds, band of one std)", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -130,7 +130,7 @@ def plot_throughput(payloads: Sequence[dict[str, Any]], path: str | Path) -> Non
         ax.set_title(f"{model}: {throughput_title(payload)}\nlabels: × SGD (ratio of medians)", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    fig.suptitle("Training throughput (Figure 3)")
+    fig.suptitle("Figure 3: training throughput", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
