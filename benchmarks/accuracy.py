@@ -111,7 +111,15 @@ class EpochClock(L.Callback):
         self.test = test
         self.stamps: list[float] = []
         self.curve: list[tuple[float, float]] = []
+        self.ascent_sizes: list[float] = []
         self.start = self.evaluating = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # AsyncSAM's b' of the previous step, from its callback's diagnostics (which run after this
+        # one). Kept per step: the last value alone would be that of an epoch's short last batch.
+        sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
+        if sync and "asyncsam/ascent_batch_size" in sync[0].metrics:
+            self.ascent_sizes.append(sync[0].metrics["asyncsam/ascent_batch_size"])
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
@@ -139,12 +147,6 @@ def clean_accuracy(model: DigitsNet, test: TensorDataset) -> float:
     return acc
 
 
-def ascent_batch_size(trainer: L.Trainer) -> float | None:
-    """AsyncSAM's last b' (its callback's diagnostics), ``None`` for the other strategies."""
-    sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
-    return sync[0].metrics.get("asyncsam/ascent_batch_size") if sync else None
-
-
 def run_once(algo: str, seed: int, args: argparse.Namespace, train: TensorDataset, test: TensorDataset) -> dict:
     L.seed_everything(seed, verbose=False)
     model = DigitsNet(args.epochs, args.lr)
@@ -159,7 +161,7 @@ def run_once(algo: str, seed: int, args: argparse.Namespace, train: TensorDatase
     epochs = [b - a for a, b in zip(clock.stamps[1:-1], clock.stamps[2:])]
     return {"test_acc": clean_accuracy(model, test), "wall_s": wall, "epoch_s": statistics.median(epochs),
             "first_epoch_s": clock.stamps[1] - clock.stamps[0] if len(clock.stamps) > 1 else None,
-            "ascent_batch_size": ascent_batch_size(trainer),
+            "ascent_batch_size": statistics.median(clock.ascent_sizes) if clock.ascent_sizes else None,
             "val_history": [[round(t, 3), round(a, 6)] for t, a in clock.curve]}
 
 
@@ -208,7 +210,7 @@ def main() -> None:
         wall = statistics.median(r["wall_s"] for r in results[algo])
         epoch = statistics.median(r["epoch_s"] for r in results[algo])
         mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
-        ascent = [r["ascent_batch_size"] for r in results[algo] if r.get("ascent_batch_size")]
+        ascent = [r["ascent_batch_size"] for r in results[algo] if r.get("ascent_batch_size")]  # per-run medians
         b_prime = f"{statistics.median(ascent):.0f}" if ascent else "-"
         summary[algo] = {"acc_mean": mean, "acc_std": std, "wall_s_median": wall, "epoch_s_median": epoch}
         lines.append(f"| {algo} | {b_prime} | {mean:.2f} ± {std:.2f} % | {wall:.1f} s | {epoch * 1e3:.0f} ms | "

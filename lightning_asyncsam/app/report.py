@@ -325,7 +325,7 @@ def throughput_title(payload: dict[str, Any]) -> str:
     settings, env = payload.get("settings") or {}, payload.get("environment") or {}
     device = env.get("cuda") if settings.get("accelerator") == "cuda" else env.get("cpu")
     return (f"{settings.get('accelerator', '?')} main process ({device or '?'}), b = {settings.get('batch_size', '?')}, "
-            f"median of {settings.get('reps', '?')} runs" + ("" if payload.get("complete", True) else ", PARTIAL"))
+            f"median of {settings.get('reps', '?')} run{'' if settings.get('reps') == 1 else 's'}" + ("" if payload.get("complete", True) else ", PARTIAL"))
 
 
 def throughput_table(payload: dict[str, Any]) -> str:
