@@ -213,6 +213,34 @@ def test_algorithm_rho_override_reaches_the_strategy(algorithm: str, tmp_path: P
         assert cfg.algorithm.strategy.rho == 0.07
 
 
+def _benchmarks_common() -> object:
+    """benchmarks/_common.py, loaded by path: the benchmarks are scripts of the checkout, not a package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_common.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_build_their_strategies_from_these_configs() -> None:
+    common = _benchmarks_common()
+    assert common.algorithm_names() == sorted(FAMILY)
+    assert common.algorithm_strategy("sgd") == "auto"
+    sam = common.algorithm_strategy("sam", rho=0.2)  # rho goes through algorithm.rho, as on the command line
+    assert type(sam) is lightning_asyncsam.SAMStrategy and sam.rho == 0.2
+    asyncsam = common.algorithm_strategy("asyncsam", ascent_batch_size=16, ascent_threads=1)
+    assert (asyncsam.rho, asyncsam.ascent_batch_size, asyncsam.ascent_threads) == (0.1, 16, 1)
+    with pytest.raises(ValueError, match="'rhoo'"):
+        common.algorithm_strategy("sam", rhoo=0.2)
+    with pytest.raises(ValueError, match="algorithm='samm' is not one of"):
+        common.algorithm_strategy("samm")
+    with pytest.raises(ValueError, match="takes no arguments"):
+        common.algorithm_strategy("sgd", rho=0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(FAMILY))
 def test_every_algorithm_trains_the_digits_recipe(algorithm: str, tmp_path: Path) -> None:
