@@ -47,7 +47,8 @@ def algorithm_strategy(name: str, **overrides: Any) -> Any:
         return strategy
     unknown = sorted(set(overrides) - set(strategy))
     if unknown:
-        raise ValueError(f"algorithm={name!r} has no argument(s) {unknown}; it has {sorted(set(strategy) - {'_target_'})}")
+        known = sorted(set(strategy) - {"_target_"})
+        raise ValueError(f"algorithm={name!r} has no argument(s) {unknown}; it has {known}")
     for key, value in overrides.items():
         if key == "rho" and cfg.algorithm.get("rho") is not None:
             cfg.algorithm.rho = value

@@ -44,7 +44,10 @@ def color(algorithm: str) -> str:
     return COLORS.get(algorithm.partition("_")[0], "black")
 
 
-def mean_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[list[float], list[float], list[float]]:
+Curve = tuple[Sequence[float], Sequence[float]]
+
+
+def mean_curve(curves: Sequence[Curve]) -> tuple[list[float], list[float], list[float]]:
     """Mean time, mean accuracy and accuracy std at each validation, over the first ``n`` of every curve.
 
     ``n`` is the length of the shortest curve, so that every point averages the same runs. The std
@@ -91,8 +94,8 @@ def plot_accuracy_vs_time(runs: Sequence[Run], path: str | Path) -> None:
             ax.plot(x, [100 * a for a in accs], color=color(algorithm), marker=".", label=label,
                     linestyle="--" if "_" in algorithm else "-")
             if len(own) > 1:
-                ax.fill_between(x, [100 * (a - s) for a, s in zip(accs, stds)], [100 * (a + s) for a, s in zip(accs, stds)],
-                                color=color(algorithm), alpha=0.15, linewidth=0)
+                low, high = [100 * (a - s) for a, s in zip(accs, stds)], [100 * (a + s) for a, s in zip(accs, stds)]
+                ax.fill_between(x, low, high, color=color(algorithm), alpha=0.15, linewidth=0)
         ax.set_title(recipe)
         ax.set_xlabel(f"wall-clock time ({unit})")
         ax.set_ylabel("validation accuracy (%)")
@@ -118,7 +121,8 @@ def plot_throughput(payloads: Sequence[dict[str, Any]], path: str | Path) -> Non
     for ax, (payload, model, rows) in zip(axes[:, 0], panels, strict=True):
         names = [display_name(a) for a, _ in rows]
         medians = [entry["images_per_s_median"] for _, entry in rows]
-        errors = [[m - e["min"] for m, (_, e) in zip(medians, rows)], [e["max"] - m for m, (_, e) in zip(medians, rows)]]
+        errors = [[m - e["min"] for m, (_, e) in zip(medians, rows)],
+                  [e["max"] - m for m, (_, e) in zip(medians, rows)]]  # whiskers: slowest and fastest repetition
         bars = ax.bar(range(len(rows)), medians, yerr=errors, capsize=3, color=[color(a) for a, _ in rows],
                       edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 0.8})
         for bar, (_, entry) in zip(bars, rows):

@@ -324,8 +324,11 @@ def throughput_title(payload: dict[str, Any]) -> str:
     """What a throughput results file measured: accelerator, b, threads, repetitions, machine."""
     settings, env = payload.get("settings") or {}, payload.get("environment") or {}
     device = env.get("cuda") if settings.get("accelerator") == "cuda" else env.get("cpu")
-    return (f"{settings.get('accelerator', '?')} main process ({device or '?'}), b = {settings.get('batch_size', '?')}, "
-            f"median of {settings.get('reps', '?')} run{'' if settings.get('reps') == 1 else 's'}" + ("" if payload.get("complete", True) else ", PARTIAL"))
+    reps = settings.get("reps", "?")
+    return (
+        f"{settings.get('accelerator', '?')} main process ({device or '?'}), b = {settings.get('batch_size', '?')}, "
+        f"median of {reps} run{'' if reps == 1 else 's'}" + ("" if payload.get("complete", True) else ", PARTIAL")
+    )
 
 
 def throughput_table(payload: dict[str, Any]) -> str:
