@@ -48,7 +48,8 @@ RECIPES = sorted([*PAPER, "digits"])
 
 # Table A.2 per algorithm config: the strategy class, rho (``algorithm.rho``) and the other
 # arguments. Where Table A.2 gives a range (GSAM's alpha 0.7-0.9, ESAM's gamma 0.6-1) the config
-# takes one value of it; ASAM and LookSAM's alpha are not in the table and follow their own papers.
+# takes one value of it; ASAM and LookSAM's alpha are not in the table (SamsungLabs/ASAM's and the
+# usual LookSAM defaults).
 FAMILY: dict[str, tuple[str | None, float | None, dict[str, object]]] = {
     "sgd": (None, None, {}),
     "sam": ("SAMStrategy", 0.1, {}),
