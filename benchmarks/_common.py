@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: the machine, the versions, the git SHA."""
+"""What every benchmark shares: the strategies of the ``algorithm=`` configs, and the machine, the
+versions and the git SHA recorded beside the numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,45 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
+#: The ``algorithm=`` configs of asyncsam-train: the benchmarks train with exactly their values (Table A.2).
+ALGORITHM_DIR = HERE.parent / "conf" / "algorithm"
+
+
+def algorithm_names() -> list[str]:
+    """The names of the ``algorithm=`` configs (sgd, sam, asam, gsam, ...)."""
+    return sorted(p.stem for p in ALGORITHM_DIR.glob("*.yaml"))
+
+
+def algorithm_strategy(name: str, **overrides: Any) -> Any:
+    """The Trainer ``strategy`` of ``conf/algorithm/<name>.yaml``, with ``overrides`` on its arguments.
+
+    ``"auto"`` for SGD. ``rho`` in ``overrides`` sets ``algorithm.rho``, as on the command line.
+
+    Raises:
+        ValueError: ``name`` is not a config, or an override names no argument of that config.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = ALGORITHM_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"algorithm={name!r} is not one of {algorithm_names()}")
+    cfg = OmegaConf.create({"algorithm": OmegaConf.load(path)})
+    strategy = cfg.algorithm.strategy
+    if isinstance(strategy, str):
+        if overrides:
+            raise ValueError(f"algorithm={name!r} takes no arguments, got {sorted(overrides)}")
+        return strategy
+    unknown = sorted(set(overrides) - set(strategy))
+    if unknown:
+        known = sorted(set(strategy) - {"_target_"})
+        raise ValueError(f"algorithm={name!r} has no argument(s) {unknown}; it has {known}")
+    for key, value in overrides.items():
+        if key == "rho" and cfg.algorithm.get("rho") is not None:
+            cfg.algorithm.rho = value
+        else:
+            strategy[key] = value
+    return instantiate(strategy)
 
 
 def git_sha() -> str | None:

@@ -1,4 +1,4 @@
-"""Throughput of SGD, SAM and AsyncSAM through ``Trainer.fit``, measured side by side in one run.
+"""Throughput of the SAM family through ``Trainer.fit`` (the paper's Figure 3), measured side by side in one run.
 
 Outcome on this project's 2-core CPU machine (main process 1 thread standing for the fast device,
 worker 1 thread standing for the spare CPU): see ``benchmarks/README.md``.
@@ -6,6 +6,17 @@ worker 1 thread standing for the spare CPU): see ``benchmarks/README.md``.
 Commands:
     python benchmarks/throughput.py                                   # CPU simulation (2 cores)
     python benchmarks/throughput.py --accelerator cuda --ascent-threads 8   # GPU main, CPU worker
+    python benchmarks/throughput.py --algorithms sgd,sam,asyncsam_auto --models resnet20,wrn16_2
+    asyncsam-report --throughput benchmarks/results/throughput_cpu.json --figure3 figure3.png
+
+Algorithms: the names of the ``algorithm=`` configs (``sgd``, ``sam``, ``asam``, ``gsam``, ``esam``,
+``looksam``, ``mesa``, ``aesam``, ``asyncsam``), built from those configs, so with Table A.2's
+values; and AsyncSAM at a chosen b': ``asyncsam_b`` (b' = b), ``asyncsam_auto`` (the system-aware
+b', the config's default) or ``asyncsam_<int>``. Two departures from the configs, both so that
+every step measured is a step of the method: MESA starts its trajectory loss at epoch 0 (its
+``start_epoch`` of 5 would make every measured step an SGD step); AE-SAM chooses SAM or SGD steps
+by its own rule, with c sweeping from lambda2 to lambda1 over the run's ``max_steps`` as it would
+over a whole training.
 
 Method: every algorithm trains the same model on the same synthetic CIFAR-shaped data (3x32x32,
 10 classes) with ``Trainer.fit``. Runs are interleaved (the order rotates each repetition) so that
@@ -30,18 +41,20 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_asyncsam  # noqa: F401  (registers the strategies)
-from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam import AsyncSAMCallback
 from lightning_asyncsam.app.models import CifarResNet, WideResNet
 
 try:
-    from benchmarks._common import environment, environment_markdown, write_results
+    from benchmarks._common import algorithm_strategy, environment, environment_markdown, write_results
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import environment, environment_markdown, write_results
+    from _common import algorithm_strategy, environment, environment_markdown, write_results
 
 MODELS = {
     "resnet20": lambda: CifarResNet(depth=20, num_classes=10),  # the paper's Figure 3 setting, 0.27 M params
     "wrn16_2": lambda: WideResNet(depth=16, widen_factor=2, num_classes=10),  # 0.69 M params, ~2x the step time
 }
+#: Figure 3's members (GSAM too, which the paper omits as "virtually the same throughput as SAM").
+FAMILY = ("sgd", "sam", "gsam", "esam", "looksam", "mesa", "aesam", "asyncsam_b", "asyncsam_auto")
 ASYNC_METRICS = ("asyncsam/wait_ms", "asyncsam/overhead_ms", "asyncsam/perturb_ms", "asyncsam/ascent_ms",
                  "asyncsam/ascent_batch_size")
 
@@ -55,6 +68,12 @@ class Net(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
+
+    def per_sample(self, batch):
+        """Logits and per-sample losses: the hook ESAM and MESA train through."""
+        x, y = batch
+        logits = self.net(x)
+        return logits, F.cross_entropy(logits, y, reduction="none")
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
@@ -88,14 +107,16 @@ class StepClock(L.Callback):
 
 
 def make_strategy(algo: str, args: argparse.Namespace) -> Any:
-    if algo == "sgd":
-        return "auto"
-    if algo == "sam":
-        return SAMStrategy(rho=0.1)
-    suffix = algo.split("_", 1)[1]  # asyncsam_b, asyncsam_auto, or asyncsam_<b'>
+    """The strategy of ``conf/algorithm/<algo>.yaml``; ``asyncsam_<b | auto | int>`` fixes AsyncSAM's b'."""
+    if algo == "mesa":
+        return algorithm_strategy("mesa", start_epoch=0)  # every measured step pays for the EMA and the KL term
+    if algo.split("_", 1)[0] != "asyncsam":
+        return algorithm_strategy(algo)
+    suffix = algo.split("_", 1)[1] if "_" in algo else "auto"  # asyncsam_b, asyncsam_auto, or asyncsam_<b'>
     size = {"b": args.batch_size, "auto": "auto"}.get(suffix) or int(suffix)
     cpus = None if args.ascent_cpus == "none" else "auto"
-    return AsyncSAMStrategy(rho=0.1, ascent_batch_size=size, ascent_threads=args.ascent_threads, ascent_cpus=cpus)
+    return algorithm_strategy("asyncsam", ascent_batch_size=size, ascent_threads=args.ascent_threads,
+                              ascent_cpus=cpus)
 
 
 def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -173,8 +194,8 @@ def write_table(results: dict[str, dict[str, list[dict[str, Any]]]], models: lis
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="resnet20,wrn16_2")
-    p.add_argument("--algorithms", default="sgd,sam,asyncsam_b,asyncsam_auto")
+    p.add_argument("--models", default="resnet20", help=f"comma-separated, of {sorted(MODELS)}")
+    p.add_argument("--algorithms", default=",".join(FAMILY), help="comma-separated (see Algorithms above)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
@@ -198,6 +219,14 @@ def main() -> None:
         return
     torch.set_num_threads(args.main_threads)
     models, algos = args.models.split(","), args.algorithms.split(",")
+    for model in models:
+        if model not in MODELS:
+            p.error(f"--models: {model!r} is not one of {sorted(MODELS)}")
+    for algo in algos:  # every name resolves before the first minute of measuring
+        try:
+            make_strategy(algo, args)
+        except Exception as err:  # a misspelt name, or a strategy this checkout lacks (Hydra wraps it)
+            p.error(f"--algorithms: {algo!r}: {err}")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {a: [] for a in algos} for m in models}
     for model in models:
         for rep in range(args.reps):

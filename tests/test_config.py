@@ -1,4 +1,4 @@
-"""The Hydra configs: every recipe composes to Tables A.1/A.2, overrides combine, the wheel ships them."""
+"""The Hydra configs: every recipe and algorithm composes to Tables A.1/A.2, overrides combine, the wheel ships them."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 import re
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from fixtures_data import compose_train
+from fixtures_data import CPU_TEST_OVERRIDES, compose_train
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import OmegaConf
 
 import lightning_asyncsam
@@ -43,6 +45,23 @@ PAPER = {
     ),
 }
 RECIPES = sorted([*PAPER, "digits"])
+
+# Table A.2 per algorithm config: the strategy class, rho (``algorithm.rho``) and the other
+# arguments. Where Table A.2 gives a range (GSAM's alpha 0.7-0.9, ESAM's gamma 0.6-1) the config
+# takes one value of it; ASAM and LookSAM's alpha are not in the table (SamsungLabs/ASAM's and the
+# usual LookSAM defaults).
+FAMILY: dict[str, tuple[str | None, float | None, dict[str, object]]] = {
+    "sgd": (None, None, {}),
+    "sam": ("SAMStrategy", 0.1, {}),
+    "asam": ("SAMStrategy", 0.5, {"adaptive": True, "eta": 0.01}),
+    "gsam": ("GSAMStrategy", 0.1, {"alpha": 0.8}),
+    "esam": ("ESAMStrategy", 0.1, {"beta": 0.6, "gamma": 0.6}),
+    "looksam": ("LookSAMStrategy", 0.1, {"interval": 2, "alpha": 0.7}),
+    "aesam": ("AESAMStrategy", 0.1, {"lambda1": -1.0, "lambda2": 1.0, "decay": 0.9}),
+    "mesa": ("MESAStrategy", None, {"beta": 0.995, "lam": 0.8, "tau": 1.5, "start_epoch": 5}),
+    "asyncsam": ("AsyncSAMStrategy", 0.1, {"ascent_batch_size": "auto"}),
+}
+ALGORITHM_DIR = files("lightning_asyncsam.conf") / "algorithm"
 DATA_TARGETS = {
     "cifar10": "CIFARDataModule",
     "cifar100": "CIFARDataModule",
@@ -75,7 +94,7 @@ def test_recipe_follows_tables_a1_a2(recipe: str, tmp_path: Path) -> None:
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0.9
     assert cfg.model.num_classes == cfg.data.num_classes
     assert cfg.trainer.devices == 1 and cfg.trainer.accelerator == "gpu"
-    for algorithm in ("sam", "asyncsam"):
+    for algorithm in ("sam", "gsam", "esam", "looksam", "aesam", "asyncsam"):
         assert compose_train([f"recipe={recipe}", f"algorithm={algorithm}"], tmp_path).algorithm.rho == 0.1
 
 
@@ -155,6 +174,87 @@ def test_algorithms_instantiate_the_strategies(tmp_path: Path) -> None:
     assert instantiate(compose_train([], tmp_path).algorithm.strategy).ascent_batch_size == "auto"
 
 
+def test_every_algorithm_file_is_tested() -> None:
+    shipped = sorted(p.name[: -len(".yaml")] for p in ALGORITHM_DIR.iterdir() if p.name.endswith(".yaml"))
+    assert shipped == sorted(FAMILY)
+
+
+@pytest.mark.parametrize("algorithm", sorted(FAMILY))
+def test_algorithm_follows_table_a2(algorithm: str, tmp_path: Path) -> None:
+    cls, rho, arguments = FAMILY[algorithm]
+    cfg = compose_train([f"algorithm={algorithm}"], tmp_path)
+    assert (cfg.algorithm.name, cfg.algorithm.rho) == (algorithm, rho)
+    if cls is None:
+        assert cfg.algorithm.strategy == "auto"
+        return
+    assert cfg.algorithm.strategy._target_ == f"lightning_asyncsam.{cls}"
+    assert {k: cfg.algorithm.strategy[k] for k in arguments} == arguments
+    strategy = instantiate(cfg.algorithm.strategy)
+    assert type(strategy) is getattr(lightning_asyncsam, cls)
+    if rho is not None:
+        assert cfg.algorithm.strategy.rho == rho and strategy.rho == rho  # algorithm.rho reaches the strategy
+    assert algorithm in StrategyRegistry  # the config's name is the strategy's registered name
+
+
+@pytest.mark.parametrize("algorithm", sorted(FAMILY))
+def test_algorithm_header_says_what_and_how(algorithm: str) -> None:
+    text = (ALGORITHM_DIR / f"{algorithm}.yaml").read_text()
+    header = text.split("\nname:")[0]
+    assert header.startswith("# ") and all(line.startswith("#") for line in header.splitlines())
+    if algorithm not in ("sgd", "sam", "asyncsam"):  # the family's files name their paper values and command
+        assert "Table A.2" in header and f"algorithm={algorithm}" in header
+
+
+@pytest.mark.parametrize("algorithm", sorted(FAMILY))
+def test_algorithm_rho_override_reaches_the_strategy(algorithm: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"algorithm={algorithm}", "algorithm.rho=0.07"], tmp_path)
+    if isinstance(cfg.algorithm.strategy, str) or "rho" not in cfg.algorithm.strategy:
+        assert algorithm in ("sgd", "mesa")  # no radius to set
+    else:
+        assert cfg.algorithm.strategy.rho == 0.07
+
+
+def _benchmarks_common() -> object:
+    """benchmarks/_common.py, loaded by path: the benchmarks are scripts of the checkout, not a package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_common.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_build_their_strategies_from_these_configs() -> None:
+    common = _benchmarks_common()
+    assert common.algorithm_names() == sorted(FAMILY)
+    assert common.algorithm_strategy("sgd") == "auto"
+    sam = common.algorithm_strategy("sam", rho=0.2)  # rho goes through algorithm.rho, as on the command line
+    assert type(sam) is lightning_asyncsam.SAMStrategy and sam.rho == 0.2
+    asyncsam = common.algorithm_strategy("asyncsam", ascent_batch_size=16, ascent_threads=1)
+    assert (asyncsam.rho, asyncsam.ascent_batch_size, asyncsam.ascent_threads) == (0.1, 16, 1)
+    with pytest.raises(ValueError, match="'rhoo'"):
+        common.algorithm_strategy("sam", rhoo=0.2)
+    with pytest.raises(ValueError, match="algorithm='samm' is not one of"):
+        common.algorithm_strategy("samm")
+    with pytest.raises(ValueError, match="takes no arguments"):
+        common.algorithm_strategy("sgd", rho=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(FAMILY))
+def test_every_algorithm_trains_the_digits_recipe(algorithm: str, tmp_path: Path) -> None:
+    """What ``asyncsam-train -m algorithm=...`` runs on the digits recipe, two steps each."""
+    from lightning_asyncsam.app.train import train
+
+    extra = ["algorithm.strategy.start_epoch=0"] if algorithm == "mesa" else []  # reach MESA's KL term
+    cfg = compose_train([f"algorithm={algorithm}", "++trainer.fast_dev_run=2", *CPU_TEST_OVERRIDES, *extra], tmp_path)
+    summary = train(cfg)
+    assert (summary["recipe"], summary["algorithm"]) == ("digits", algorithm)
+    assert 0.0 <= summary["val_acc_final"] <= 1.0
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_datamodule_and_model_instantiate(recipe: str, tmp_path: Path) -> None:
     cfg = compose_train([f"recipe={recipe}", f"paths.data_dir={tmp_path}"], tmp_path)
@@ -208,16 +308,16 @@ from hydra import compose, initialize_config_module
 assert lightning_asyncsam.__file__.startswith({str(site)!r}), lightning_asyncsam.__file__
 with initialize_config_module(config_module="lightning_asyncsam.conf", version_base="1.3"):
     for recipe in {RECIPES!r}:
-        for algorithm in ("sgd", "sam", "asyncsam"):
+        for algorithm in {sorted(FAMILY)!r}:
             cfg = compose("train", overrides=[f"recipe={{recipe}}", f"algorithm={{algorithm}}", "paths.output_dir=."])
             assert cfg.recipe_name == recipe and cfg.algorithm.name == algorithm
-print("composed", len({RECIPES!r}) * 3)
+print("composed", len({RECIPES!r}) * {len(FAMILY)})
 """
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
         [sys.executable, "-c", script], check=False, cwd=elsewhere, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"composed {len(RECIPES) * 3}" in out.stdout
+    assert f"composed {len(RECIPES) * len(FAMILY)}" in out.stdout
     shipped = {p.name for p in (site / "lightning_asyncsam" / "conf" / "recipe").iterdir()}
     assert {f"{r}.yaml" for r in RECIPES} | {"README.md"} <= shipped

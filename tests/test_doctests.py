@@ -33,6 +33,8 @@ MODULES = [
     "strategies.esam",
     "strategies.aesam",
     "strategies.mesa",
+    "app.report",
+    "app.figures",
 ]
 
 
