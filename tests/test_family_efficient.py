@@ -345,6 +345,7 @@ def _classifier(label_smoothing: float = 0.0):
 def test_classifier_per_sample_agrees_with_training_step(label_smoothing: float) -> None:
     module = _classifier(label_smoothing)
     x, y = make_data(dtype=torch.float32).tensors
+    module.log = lambda *a, **k: None  # outside a Trainer, Lightning's self.log would only warn
     logits, losses = module.per_sample((x[:8], y[:8]))
     assert logits.shape == (8, 3) and losses.shape == (8,)
     assert torch.allclose(losses.mean(), module.training_step((x[:8], y[:8]), 0), atol=1e-6)
