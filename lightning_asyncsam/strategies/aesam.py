@@ -124,9 +124,9 @@ class AESAMStrategy(SharpnessAwareStrategy):
         quiet = _recording_logs(module, logs) if own_step else _no_logging(module)
         with torch.enable_grad(), self.precision_plugin.train_step_context(), quiet:
             out = module.training_step(batch, batch_idx) if own_step else None
-            loss = ascent_loss(module, batch, batch_idx) if out is None else _loss_of(out)
-        if loss is None:
-            loss = ascent_loss(module, batch, batch_idx)  # raises its TypeError naming `ascent_loss`
+            loss = _loss_of(out)
+            if loss is None:  # an ascent_loss, or a training_step without a loss (its TypeError names the fix)
+                out, loss = None, ascent_loss(module, batch, batch_idx)
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
         step = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
         if not self._single_process:
