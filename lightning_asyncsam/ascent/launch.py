@@ -15,7 +15,9 @@ only when each of the following holds, and spawn otherwise:
    ``track_bad_autograd_forks`` only when ``num_devices > 0``, and
    ``Engine::initialize_device_threads_pool`` checks it: ``torch/csrc/autograd/engine.cpp``).
    So the ascent device must be the CPU and there must be no device at all, not merely no CUDA
-   context yet.
+   context yet, and no autograd device thread may be running: those threads are named
+   ``pt_autograd_<i>`` (``Engine::thread_init``), and we look for them in ``/proc/self/task``.
+   This is no theory: after a ``torch.compile``-d fit, eight of them run on this CPU-only machine.
 3. **The worker runs with exactly one torch thread.** GNU libgomp, PyTorch's OpenMP on Linux,
    is not fork-safe once the parent has used a thread team: the child's first parallel region
    waits for threads that were not copied (pytorch/pytorch#17199). The child never enters one:
@@ -44,6 +46,7 @@ and no hooks, exactly as under ``spawn``.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 
@@ -72,7 +75,25 @@ def fork_is_safe() -> bool:
     if torch.cuda.is_initialized() or torch.cuda.device_count() > 0:
         return False
     accelerator = getattr(torch, "accelerator", None)
-    return accelerator is None or accelerator.device_count() == 0
+    if accelerator is not None and accelerator.device_count() > 0:
+        return False
+    return not autograd_device_threads()
+
+
+def autograd_device_threads() -> int:
+    """How many of autograd's per-device threads run in this process (Linux; 0 where it cannot tell)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    count = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().startswith("pt_autograd")
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
 
 
 def after_fork() -> None:
@@ -94,4 +115,4 @@ def after_fork() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-__all__ = ["after_fork", "choose_start_method", "fork_is_safe"]
+__all__ = ["after_fork", "autograd_device_threads", "choose_start_method", "fork_is_safe"]

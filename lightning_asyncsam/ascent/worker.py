@@ -108,9 +108,10 @@ def serialize_module(module: nn.Module) -> bytes:
     for m in by_value:
         cloudpickle.register_pickle_by_value(m)
     buf = io.BytesIO()
+    dynamo_ctx = compile_settings(module)
     try:
         with uncompiled(module):
-            torch.save((module, compile_settings(module)), buf, pickle_module=cloudpickle)
+            torch.save((module, dynamo_ctx), buf, pickle_module=cloudpickle)
     finally:
         for m in by_value:
             cloudpickle.unregister_pickle_by_value(m)
