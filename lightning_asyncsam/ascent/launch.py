@@ -49,6 +49,9 @@ import gc
 import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -96,6 +99,18 @@ def autograd_device_threads() -> int:
     return count
 
 
+@contextmanager
+def quiet_fork() -> Iterator[None]:
+    """Silence Python 3.12's generic warning that forking a multi-threaded process may deadlock.
+
+    It cannot know what the child will do; this module argues what ours does, and forks only then.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+                                category=DeprecationWarning)
+        yield
+
+
 def after_fork() -> None:
     """Run first in a forked worker: forget what belongs to the trainer.
 
@@ -115,4 +130,4 @@ def after_fork() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-__all__ = ["after_fork", "autograd_device_threads", "choose_start_method", "fork_is_safe"]
+__all__ = ["after_fork", "autograd_device_threads", "choose_start_method", "fork_is_safe", "quiet_fork"]

@@ -62,7 +62,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -71,7 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
-from lightning_asyncsam.ascent.launch import after_fork, choose_start_method
+from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
 from lightning_asyncsam.ascent.replica import (
     TrainerStandIn,
@@ -160,7 +160,7 @@ def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
             m = sys.modules.get(name)
             if m is None or name in out or name == "__main__":  # cloudpickle sends __main__ by value itself
                 continue
-            if name == "__mp_main__" or getattr(m, "__spec__", None) is None and name != "builtins":
+            if name == "__mp_main__" or (getattr(m, "__spec__", None) is None and name != "builtins"):
                 out[name] = m
     return list(out.values())
 
@@ -340,7 +340,7 @@ class AscentWorker:
         )
         self._conn = parent_conn
         self._trainer_sent = None
-        with _main_module_hidden() if self.start_method == "spawn" else nullcontext():
+        with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
             self._process.start()
         child_conn.close()
         self._ready = False
