@@ -17,20 +17,24 @@ only when each of the following holds, and spawn otherwise:
    So the ascent device must be the CPU and there must be no device at all, not merely no CUDA
    context yet, and no autograd device thread may be running: those threads are named
    ``pt_autograd_<i>`` (``Engine::thread_init``), and we look for them in ``/proc/self/task``.
-   This is no theory: after a ``torch.compile``-d fit, eight of them run on this CPU-only machine.
+   This is no theory: after the backward pass of a ``torch.compile``-d module, eight of them run
+   on this project's CPU-only machine.
 3. **The worker runs with exactly one torch thread.** GNU libgomp, PyTorch's OpenMP on Linux,
    is not fork-safe once the parent has used a thread team: the child's first parallel region
    waits for threads that were not copied (pytorch/pytorch#17199). The child never enters one:
    ATen's ``parallel_for`` and ``parallel_reduce`` run the body inline, outside OpenMP, when
    ``at::get_num_threads() > 1`` is false (``aten/src/ATen/Parallel-inl.h``), and
-   ``get_num_threads`` is ``omp_get_max_threads()``, which ``torch.set_num_threads(1)`` (the
-   child's first act) sets to 1 (``aten/src/ATen/ParallelOpenMP.cpp``). oneDNN (mkldnn), which
+   ``get_num_threads`` is ``omp_get_max_threads()``, which ``torch.set_num_threads(1)`` (called by
+   the worker before it computes anything) sets to 1 (``aten/src/ATen/ParallelOpenMP.cpp``). oneDNN (mkldnn), which
    PyTorch builds on the same OpenMP runtime, runs ``parallel(nthr, f)`` inline when
    ``nthr == 1`` (``src/common/dnnl_thread.cpp``); its thread count is
    ``dnnl_get_max_threads() == omp_get_max_threads()``, and a primitive that the parent created
    for more threads is never reused, because the primitive cache key holds the thread count
    (``impl_nthr_`` in ``src/common/primitive_hashing.cpp``) and ``set_num_threads`` clears
-   PyTorch's own mkldnn cache. MKL is told one thread by the same call.
+   PyTorch's own mkldnn cache. MKL is told one thread by the same call
+   (``mkl_set_num_threads_local``); its source is closed, so for MKL the argument rests on that
+   documented setting and on ``tests/test_launch.py``, which forks a worker after the parent ran
+   a two-thread OpenMP team through convolutions (oneDNN), GEMMs (MKL) and backward passes.
 
 The child then resets what it inherited but must not run (:func:`after_fork`): the parent's
 Python signal handlers (Lightning's SIGTERM handler would act on the trainer), and the parent's
