@@ -15,20 +15,26 @@ only when each of the following holds, and spawn otherwise:
    ``track_bad_autograd_forks`` only when ``num_devices > 0``, and
    ``Engine::initialize_device_threads_pool`` checks it: ``torch/csrc/autograd/engine.cpp``).
    So the ascent device must be the CPU and there must be no device at all, not merely no CUDA
-   context yet.
+   context yet, and no autograd device thread may be running: those threads are named
+   ``pt_autograd_<i>`` (``Engine::thread_init``), and we look for them in ``/proc/self/task``.
+   This is no theory: after the backward pass of a ``torch.compile``-d module, eight of them run
+   on this project's CPU-only machine.
 3. **The worker runs with exactly one torch thread.** GNU libgomp, PyTorch's OpenMP on Linux,
    is not fork-safe once the parent has used a thread team: the child's first parallel region
    waits for threads that were not copied (pytorch/pytorch#17199). The child never enters one:
    ATen's ``parallel_for`` and ``parallel_reduce`` run the body inline, outside OpenMP, when
    ``at::get_num_threads() > 1`` is false (``aten/src/ATen/Parallel-inl.h``), and
-   ``get_num_threads`` is ``omp_get_max_threads()``, which ``torch.set_num_threads(1)`` (the
-   child's first act) sets to 1 (``aten/src/ATen/ParallelOpenMP.cpp``). oneDNN (mkldnn), which
+   ``get_num_threads`` is ``omp_get_max_threads()``, which ``torch.set_num_threads(1)`` (called by
+   the worker before it computes anything) sets to 1 (``aten/src/ATen/ParallelOpenMP.cpp``). oneDNN (mkldnn), which
    PyTorch builds on the same OpenMP runtime, runs ``parallel(nthr, f)`` inline when
    ``nthr == 1`` (``src/common/dnnl_thread.cpp``); its thread count is
    ``dnnl_get_max_threads() == omp_get_max_threads()``, and a primitive that the parent created
    for more threads is never reused, because the primitive cache key holds the thread count
    (``impl_nthr_`` in ``src/common/primitive_hashing.cpp``) and ``set_num_threads`` clears
-   PyTorch's own mkldnn cache. MKL is told one thread by the same call.
+   PyTorch's own mkldnn cache. MKL is told one thread by the same call
+   (``mkl_set_num_threads_local``); its source is closed, so for MKL the argument rests on that
+   documented setting and on ``tests/test_launch.py``, which forks a worker after the parent ran
+   a two-thread OpenMP team through convolutions (oneDNN), GEMMs (MKL) and backward passes.
 
 The child then resets what it inherited but must not run (:func:`after_fork`): the parent's
 Python signal handlers (Lightning's SIGTERM handler would act on the trainer), and the parent's
@@ -44,8 +50,12 @@ and no hooks, exactly as under ``spawn``.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -72,7 +82,37 @@ def fork_is_safe() -> bool:
     if torch.cuda.is_initialized() or torch.cuda.device_count() > 0:
         return False
     accelerator = getattr(torch, "accelerator", None)
-    return accelerator is None or accelerator.device_count() == 0
+    if accelerator is not None and accelerator.device_count() > 0:
+        return False
+    return not autograd_device_threads()
+
+
+def autograd_device_threads() -> int:
+    """How many of autograd's per-device threads run in this process (Linux; 0 where it cannot tell)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    count = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().startswith("pt_autograd")
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
+
+
+@contextmanager
+def quiet_fork() -> Iterator[None]:
+    """Silence Python 3.12's generic warning that forking a multi-threaded process may deadlock.
+
+    It cannot know what the child will do; this module argues what ours does, and forks only then.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+                                category=DeprecationWarning)
+        yield
 
 
 def after_fork() -> None:
@@ -94,4 +134,4 @@ def after_fork() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-__all__ = ["after_fork", "choose_start_method", "fork_is_safe"]
+__all__ = ["after_fork", "autograd_device_threads", "choose_start_method", "fork_is_safe", "quiet_fork"]
