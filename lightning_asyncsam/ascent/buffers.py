@@ -8,8 +8,10 @@ worker copies out of them.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -285,3 +287,22 @@ def read_batch(layout: tuple[TreeSpec, list[Any], list[Tensor | None]], n: int, 
     spec, constants, buffers = layout
     leaves = [c if b is None else b[:n].to(device) for c, b in zip(constants, buffers)]
     return tree_unflatten(leaves, spec)
+
+
+def send_plain(conn: Connection, message: tuple) -> None:
+    """Send a tuple of plain Python values (a step's control message) with plain pickle.
+
+    ``Connection.send`` pickles with multiprocessing's ``ForkingPickler``, which copies its table
+    of reducers (torch registers dozens) on every call: about 10 microseconds for a four-field
+    tuple, against one for ``pickle.dumps``. ``Connection.recv`` on the other end unpickles both
+    the same way. Anything holding tensors (a batch layout) must go through ``Connection.send``.
+
+    Example::
+
+        >>> import multiprocessing as mp
+        >>> a, b = mp.Pipe()
+        >>> send_plain(a, ("step", 3, 8, 0))
+        >>> b.recv()
+        ('step', 3, 8, 0)
+    """
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))

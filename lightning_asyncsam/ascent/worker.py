@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch, send_plain
 from lightning_asyncsam.ascent.loss import ascent_loss
 
 _POLL_S = 0.05
@@ -164,7 +164,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                 out = grads[step % 2]
                 out.copy_from(grad)
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
-            conn.send(("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
+            send_plain(conn, ("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
     except KeyboardInterrupt:
         return
     except BaseException:  # noqa: BLE001 - everything must reach the trainer
@@ -293,7 +293,7 @@ class AscentWorker:
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
-            conn.send(("step", step, self.slot.n, batch_idx))
+            send_plain(conn, ("step", step, self.slot.n, batch_idx))
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
