@@ -105,6 +105,7 @@ class AsyncSAMCallback(Callback):
         self._window_steps = 0
         self._overhead_ms = 0.0
         self.overhead_total_ms = 0.0
+        self.wait_total_ms = 0.0  # waiting for a late worker, in all (not overhead: the worker's pace)
 
     # ----------------------------------------------------------------- the step boundary
     def synchronize(self, trainer: "pl.Trainer", strategy: AscentHost, worker: AscentWorker, batch: Any,
@@ -160,6 +161,7 @@ class AsyncSAMCallback(Callback):
         worker.submit(step, ascent_batch, n, batch_idx)
         self._synced_step = step
         self._wait_ms = wait_ms
+        self.wait_total_ms += wait_ms
         self._n = float(min(n, worker.slot.size))
         self._submitted_at = end = time.perf_counter()
         self._add_overhead((end - start) * 1e3 - wait_ms)
@@ -274,7 +276,7 @@ class AsyncSAMCallback(Callback):
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The latest step's ``asyncsam/*`` diagnostics (``overhead_ms``: as last logged), also on steps that do not log."""
+        """The latest ``asyncsam/*`` diagnostics, also on steps that do not log (``overhead_ms``: as last logged)."""
         return {k: float(v) for k, v in self._values().items()}
 
     # ----------------------------------------------------------------- end of training, checkpoints

@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import os
+import select
 import sys
 import time
 import traceback
@@ -311,7 +312,22 @@ class AscentWorker:
 
     def ready(self) -> bool:
         """Whether the step in flight has finished (never blocks)."""
-        return self.in_flight is not None and self._require_conn().poll(0)
+        return self.in_flight is not None and self._poll(self._require_conn(), 0.0)
+
+    def _poll(self, conn: Connection, timeout: float) -> bool:
+        """``conn.poll(timeout)`` through one reused ``select.poll`` object.
+
+        ``Connection.poll`` builds, registers and closes a selector on every call (about 10
+        microseconds); the trainer polls once or twice per step.
+        """
+        poller = self.__dict__.get("_poller")
+        if poller is None or poller[0] is not conn:
+            if not hasattr(select, "poll"):  # pragma: no cover - Windows
+                return conn.poll(timeout)
+            poller = (conn, select.poll())
+            poller[1].register(conn.fileno(), select.POLLIN)
+            self.__dict__["_poller"] = poller
+        return bool(poller[1].poll(timeout * 1e3))
 
     def _require_conn(self) -> Connection:
         if self._conn is None or self._process is None:
@@ -325,7 +341,7 @@ class AscentWorker:
         pid = proc.pid
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if conn.poll(_POLL_S):
+            if self._poll(conn, _POLL_S):
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker's end closed: its exit code tells why, below
