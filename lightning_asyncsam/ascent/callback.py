@@ -9,8 +9,9 @@ itself; users never add it. At the first micro-batch of optimizer step t, the st
    (then the step runs unperturbed, and the skip is counted and warned about once per fit),
 2. publishes ``w_t`` and the ascent batch ``A_t`` to the worker and starts ``g_t``.
 
-No Lightning hook of this callback does per-step work: Lightning dispatches every hook of every
-callback, so the synchronization rides on a call that SGD pays too. The hooks compute the
+No Lightning hook of this callback does more than bookkeeping on a step that does not log:
+Lightning dispatches every hook of every callback anyway, and the synchronization rides on
+``training_step``, a call that SGD pays too. The hooks compute the
 diagnostics (the cosine, a pass over the gradients) and hand them to the loggers (directly: see
 :meth:`AsyncSAMCallback._publish`) only on the steps whose values reach the loggers (see
 :func:`_logs_now`), once per optimizer step; :attr:`AsyncSAMCallback.metrics` holds them on
@@ -21,6 +22,8 @@ continues the trajectory of the uninterrupted one.
 per optimizer step, averaged over the steps since the last log: the synchronization (collection,
 the direction, publishing, the batch hand-over, the lookahead), perturb and restore, the
 diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart.
+Not in it: Lightning's own dispatch of this callback's hooks (a few microseconds per hook). The
+running totals ``overhead_total_ms`` and ``wait_total_ms`` serve benchmarks/overhead.py.
 
 It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module
 does not import :mod:`lightning_asyncsam.strategies` (which imports it).
