@@ -107,6 +107,9 @@ def test_keyboard_interrupt_shuts_everything_down() -> None:
         ({"ascent_cpus": []}, r"ascent_cpus=\[\] is not allowed: use 'auto', None, or a non-empty list"),
         ({"ascent_cpus": "all"}, r"ascent_cpus='all' is not allowed"),
         ({"ascent_cpus": [4096]}, r"ascent_cpus=\[4096\] is not allowed: use core ids among \["),
+        ({"adaptive": "yes"}, r"adaptive='yes' is not allowed: use True"),
+        ({"eta": -0.1}, r"eta=-0\.1 is not allowed"),
+        ({"eta": float("inf")}, r"eta=inf is not allowed"),
     ],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(kwargs, message) -> None:

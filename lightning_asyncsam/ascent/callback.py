@@ -9,8 +9,9 @@ itself; users never add it. At the first micro-batch of optimizer step t, the st
    (then the step runs unperturbed, and the skip is counted and warned about once per fit),
 2. publishes ``w_t`` and the ascent batch ``A_t`` to the worker and starts ``g_t``.
 
-No Lightning hook of this callback does per-step work: Lightning dispatches every hook of every
-callback, so the synchronization rides on a call that SGD pays too. The hooks compute the
+No Lightning hook of this callback does more than bookkeeping on a step that does not log:
+Lightning dispatches every hook of every callback anyway, and the synchronization rides on
+``training_step``, a call that SGD pays too. The hooks compute the
 diagnostics (the cosine, a pass over the gradients) and hand them to the loggers (directly: see
 :meth:`AsyncSAMCallback._publish`) only on the steps whose values reach the loggers (see
 :func:`_logs_now`), once per optimizer step; :attr:`AsyncSAMCallback.metrics` holds them on
@@ -21,6 +22,8 @@ continues the trajectory of the uninterrupted one.
 per optimizer step, averaged over the steps since the last log: the synchronization (collection,
 the direction, publishing, the batch hand-over, the lookahead), perturb and restore, the
 diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart.
+Not in it: Lightning's own dispatch of this callback's hooks (a few microseconds per hook). The
+running totals ``overhead_total_ms`` and ``wait_total_ms`` serve benchmarks/overhead.py.
 
 It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module
 does not import :mod:`lightning_asyncsam.strategies` (which imports it).
@@ -105,6 +108,7 @@ class AsyncSAMCallback(Callback):
         self._window_steps = 0
         self._overhead_ms = 0.0
         self.overhead_total_ms = 0.0
+        self.wait_total_ms = 0.0  # waiting for a late worker, in all (not overhead: the worker's pace)
 
     # ----------------------------------------------------------------- the step boundary
     def synchronize(self, trainer: "pl.Trainer", strategy: AscentHost, worker: AscentWorker, batch: Any,
@@ -160,6 +164,7 @@ class AsyncSAMCallback(Callback):
         worker.submit(step, ascent_batch, n, batch_idx)
         self._synced_step = step
         self._wait_ms = wait_ms
+        self.wait_total_ms += wait_ms
         self._n = float(min(n, worker.slot.size))
         self._submitted_at = end = time.perf_counter()
         self._add_overhead((end - start) * 1e3 - wait_ms)
@@ -274,7 +279,7 @@ class AsyncSAMCallback(Callback):
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The latest step's ``asyncsam/*`` diagnostics (``overhead_ms``: as last logged), also on steps that do not log."""
+        """The latest ``asyncsam/*`` diagnostics, also on steps that do not log (``overhead_ms``: as last logged)."""
         return {k: float(v) for k, v in self._values().items()}
 
     # ----------------------------------------------------------------- end of training, checkpoints

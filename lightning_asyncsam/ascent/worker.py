@@ -59,9 +59,14 @@ adds its foreach norm); one ``torch._foreach_copy_`` that publishes ``w_t``; one
 batch tensor into the batch slot (no pytree walk for a tensor or a flat tuple or list of them);
 one ``send`` of a four-field tuple. Each micro-batch adds perturb and restore (two foreach copies
 and one foreach add). No allocation beyond the views of a batch, no walk over the parameters in
-Python, and Lightning's ``log`` only on the steps whose values reach the loggers. On this
-project's 2-core VM that is about 0.1 ms per step, reported as ``asyncsam/overhead_ms``
-(benchmarks/overhead.py checks it against the difference to SGD).
+Python, no Lightning ``log`` at all (the diagnostics go to the loggers directly, and only on
+the steps that log). Measured on this project's 2-core VM while other jobs shared it (SGD's step
+ran 2.7x slower than on the quiet VM), the trainer thread's CPU per step was: synchronization
+0.32 ms (collect 0.06, the direction 0.05, publishing 0.05, batch hand-over and send 0.08),
+perturb 0.05, restore 0.05, diagnostics 0.01 (0.1 on a logging step). Most of it is memory
+traffic, not Python: the gradient, the weights and the batch cross between two cores' caches.
+``asyncsam/overhead_ms`` reports this time; benchmarks/overhead.py checks it against the
+difference to SGD, side by side.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import io
 import multiprocessing as mp
 import types
 import os
+import select
 import sys
 import time
 import traceback
@@ -82,7 +88,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch, send_plain
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
 from lightning_asyncsam.ascent.replica import (
@@ -248,7 +254,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                 out = grads[step % 2]
                 out.copy_from(grad)
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
-            conn.send(("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
+            send_plain(conn, ("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
     except KeyboardInterrupt:
         return
     except BaseException:  # noqa: BLE001 - everything must reach the trainer
@@ -384,7 +390,7 @@ class AscentWorker:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
             self._sync_trainer(conn)
-            conn.send(("step", step, self.slot.n, batch_idx))
+            send_plain(conn, ("step", step, self.slot.n, batch_idx))
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
@@ -402,7 +408,22 @@ class AscentWorker:
 
     def ready(self) -> bool:
         """Whether the step in flight has finished (never blocks)."""
-        return self.in_flight is not None and self._require_conn().poll(0)
+        return self.in_flight is not None and self._poll(self._require_conn(), 0.0)
+
+    def _poll(self, conn: Connection, timeout: float) -> bool:
+        """``conn.poll(timeout)`` through one reused ``select.poll`` object.
+
+        ``Connection.poll`` builds, registers and closes a selector on every call (about 10
+        microseconds); the trainer polls once or twice per step.
+        """
+        poller = self.__dict__.get("_poller")
+        if poller is None or poller[0] is not conn:
+            if not hasattr(select, "poll"):  # pragma: no cover - Windows
+                return conn.poll(timeout)
+            poller = (conn, select.poll())
+            poller[1].register(conn.fileno(), select.POLLIN)
+            self.__dict__["_poller"] = poller
+        return bool(poller[1].poll(timeout * 1e3))
 
     def _sync_trainer(self, conn: Connection) -> None:
         """Send the replica's trainer stand-in what changed: everything the first time, then epoch and hyperparameters."""
@@ -430,7 +451,7 @@ class AscentWorker:
         pid = proc.pid
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if conn.poll(_POLL_S):
+            if self._poll(conn, _POLL_S):
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker's end closed: its exit code tells why, below

@@ -98,7 +98,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             raise ValueError(f"ascent_threads={ascent_threads!r} is not allowed: use None or an int >= 1")
         self.ascent_threads = ascent_threads
         if ascent_data not in ("previous", "next"):
-            raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper's Algorithm 1) or 'next' (the default)")
+            raise ValueError(f"ascent_data={ascent_data!r} is not allowed: use 'previous' (the paper's "
+                             "Algorithm 1) or 'next' (the default)")
         self.ascent_data: AscentData = ascent_data
         if isinstance(ascent_nice, bool) or not isinstance(ascent_nice, int) or not 0 <= ascent_nice <= 19:
             raise ValueError(f"ascent_nice={ascent_nice!r} is not allowed: use an int from 0 to 19")
