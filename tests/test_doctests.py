@@ -17,6 +17,7 @@ MODULES = [
     "ascent.callback",
     "strategies.sam",
     "strategies.asyncsam",
+    "strategies.process_exit",
 ]
 
 
