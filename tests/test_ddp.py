@@ -50,6 +50,8 @@ def test_ddp_two_processes_on_cpu(make_strategy) -> None:
     # ddp_spawn hands rank 0's weights back to this process
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(model.parameters(), before))
     assert "train_loss" in t.callback_metrics  # results came back from the ranks
+    # every rank exited cleanly, after its run too (issue 10: a rank aborted at exit)
+    assert [p.exitcode for p in t.strategy.launcher.procs] == [0, 0]
 
 
 def test_registered_names_resolve_to_the_strategies() -> None:

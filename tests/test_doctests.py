@@ -35,6 +35,7 @@ MODULES = [
     "strategies.mesa",
     "app.report",
     "app.figures",
+    "strategies.process_exit",
 ]
 
 

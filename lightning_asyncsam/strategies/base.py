@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.distributed import _distributed_is_initialized
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -44,6 +45,7 @@ import lightning.pytorch as pl
 from lightning_asyncsam.functional import perturb_, restore_
 from lightning_asyncsam.logging_steps import logs_now
 from lightning_asyncsam.strategies.state import RuleStateCallback
+from lightning_asyncsam.strategies.process_exit import release_process_group_at_exit
 
 
 def _check_rho(rho: float) -> float:
@@ -104,6 +106,8 @@ class SharpnessAwareStrategy(DDPStrategy):
         self._skipped: Tensor | None = None  # non-finite ascents this fit, counted on the device
         self._skips_warned = False
         self._pending_rule_state: dict[str, Any] | None = None  # from a checkpoint, see on_train_start
+        self._owns_process_group = False
+        self._interrupted = False
 
     # ----------------------------------------------------------------- single-process mode
     @property
@@ -127,6 +131,10 @@ class SharpnessAwareStrategy(DDPStrategy):
                 # One process needs no sampler of ours: keep the user's data order, as "auto" would.
                 module._trainer._accelerator_connector.use_distributed_sampler = False
             return
+        if not _distributed_is_initialized():
+            # Ours to release (see teardown); a group the user created themselves stays theirs. A later
+            # stage of the same Trainer finds ours initialized, and it stays ours.
+            self._owns_process_group = True
         super().setup_distributed()
 
     @override
@@ -275,8 +283,22 @@ class SharpnessAwareStrategy(DDPStrategy):
 
     @override
     def on_exception(self, exception: BaseException) -> None:
+        self._interrupted = True
         self._restore()
         super().on_exception(exception)
+
+    @override
+    def teardown(self) -> None:
+        super().teardown()
+        if self._owns_process_group and not self._interrupted and _distributed_is_initialized():
+            # No rank starts to exit while a peer still communicates with it; skipped after an
+            # exception, when a failed peer may never come.
+            self.barrier("SharpnessAwareStrategy.teardown")
+            # Not destroyed here: on_fit_end and teardown hooks run after this and may communicate,
+            # and a popen-launched script reuses the group in its next stage. At exit, before the
+            # interpreter finalizes: a gloo thread caught finalizing aborts the rank (see process_exit).
+            release_process_group_at_exit()
+        self._interrupted = False
 
     def _check_loss_source(self) -> None:
         module = self.lightning_module
