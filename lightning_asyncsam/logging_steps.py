@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import lightning.pytorch as pl
 
 
@@ -24,4 +26,27 @@ def logs_now(trainer: "pl.Trainer") -> bool:
     return bool(trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run)
 
 
-__all__ = ["logs_now"]
+def publish_metrics(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
+    """Hand ``metrics`` to the loggers and to ``trainer.callback_metrics``, without ``LightningModule.log``.
+
+    Lightning's ``log`` registers, moves and validates a result object per call: about 0.1 to 1 ms
+    per value on a 2-core CPU, several milliseconds for a handful of diagnostics, which would
+    double what a strategy adds per step even when spread over ``log_every_n_steps``. The loggers
+    get the values directly, at the step at which Lightning logs its own metrics of this step; in
+    a CSV log they form rows of their own at that step.
+
+    Example::
+
+        >>> import lightning as L
+        >>> trainer = L.Trainer(logger=False, enable_progress_bar=False)
+        >>> publish_metrics(trainer, {"sam/skipped_ascents": 0.0})
+        >>> trainer.callback_metrics["sam/skipped_ascents"]
+        tensor(0.)
+    """
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+
+__all__ = ["logs_now", "publish_metrics"]

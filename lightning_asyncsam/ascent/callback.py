@@ -11,11 +11,11 @@ itself; users never add it. At the first micro-batch of optimizer step t, the st
 
 No Lightning hook of this callback does more than bookkeeping on a step that does not log:
 Lightning dispatches every hook of every callback anyway, and the synchronization rides on
-``training_step``, a call that SGD pays too. The hooks compute the
-diagnostics (the cosine, a pass over the gradients) and hand them to the loggers (directly: see
-:meth:`AsyncSAMCallback._publish`) only on the steps whose values reach the loggers (see
-:func:`_logs_now`), once per optimizer step; :attr:`AsyncSAMCallback.metrics` holds them on
-every step. The callback also keeps the stale gradient in the checkpoint, so that a resumed run
+``training_step``, a call that SGD pays too. The hooks compute the diagnostics (the cosine, a
+pass over the gradients) and hand them to the loggers (directly, see
+:func:`~lightning_asyncsam.logging_steps.publish_metrics`) only on the steps whose values reach
+the loggers (:func:`~lightning_asyncsam.logging_steps.logs_now`), once per optimizer step;
+:attr:`AsyncSAMCallback.metrics` holds them on every step. The callback also keeps the stale gradient in the checkpoint, so that a resumed run
 continues the trajectory of the uninterrupted one.
 
 ``asyncsam/overhead_ms`` is everything this callback and the strategy add to the trainer's thread
@@ -47,6 +47,7 @@ from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.functional import cosine_similarity
+from lightning_asyncsam.logging_steps import logs_now, publish_metrics
 
 
 class AscentHost(Protocol):
@@ -124,7 +125,7 @@ class AsyncSAMCallback(Callback):
         """
         start = time.perf_counter()
         step = trainer.global_step
-        self._log_step = _logs_now(trainer)
+        self._log_step = logs_now(trainer)
         wait_ms = 0.0
         direction = None
         norm: float | None = None
@@ -245,22 +246,8 @@ class AsyncSAMCallback(Callback):
         start = time.perf_counter()
         self._overhead_ms = self._window_ms / max(1, self._window_steps)
         self._window_ms, self._window_steps = 0.0, 0
-        self._publish(trainer, self.metrics)
+        publish_metrics(trainer, self.metrics)
         self._add_overhead((time.perf_counter() - start) * 1e3)  # counted in the next window
-
-    @staticmethod
-    def _publish(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
-        """Hand ``metrics`` to the loggers and to ``trainer.callback_metrics``, without ``LightningModule.log``.
-
-        Lightning's ``log`` registers, moves and validates a result object per call: about 0.1 to
-        1 ms per value on a 2-core CPU, several milliseconds for our eight, which would double the
-        cost AsyncSAM adds per step even when spread over ``log_every_n_steps``. The loggers get
-        the values directly, at the step Lightning gives its own metrics of this step.
-        """
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning logs this step's values at
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     def _values(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -328,19 +315,6 @@ class AsyncSAMCallback(Callback):
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._trainer_ref = None
-
-
-def _logs_now(trainer: "pl.Trainer") -> bool:
-    """Whether this step's diagnostics reach the loggers.
-
-    Lightning's ``log`` costs tens of microseconds per call, and the cosine a pass over the
-    gradients; on short steps neither is free. Loggers only receive values every
-    ``log_every_n_steps`` anyway, so we compute and log exactly then (every step with
-    ``log_every_n_steps=1``), and at the end of each epoch so that ``trainer.callback_metrics``
-    always holds recent values.
-    """
-    last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    return bool(trainer._logger_connector.should_update_logs or last or trainer.fast_dev_run)
 
 
 def _strategy(trainer: "pl.Trainer") -> AscentHost:

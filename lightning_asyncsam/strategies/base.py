@@ -43,7 +43,7 @@ from typing_extensions import override
 
 import lightning.pytorch as pl
 from lightning_asyncsam.functional import perturb_, restore_
-from lightning_asyncsam.logging_steps import logs_now
+from lightning_asyncsam.logging_steps import logs_now, publish_metrics
 from lightning_asyncsam.strategies.state import RuleStateCallback
 from lightning_asyncsam.strategies.process_exit import release_process_group_at_exit
 
@@ -176,7 +176,7 @@ class SharpnessAwareStrategy(DDPStrategy):
         count = int(self._skipped)
         module = self.lightning_module
         if log and module is not None:
-            module.log("sam/skipped_ascents", float(count), on_step=True, on_epoch=False, batch_size=1)
+            publish_metrics(module.trainer, {"sam/skipped_ascents": float(count)})
         if count and not self._skips_warned:
             self._skips_warned = True
             rank_zero_warn(
