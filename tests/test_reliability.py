@@ -97,7 +97,7 @@ def test_keyboard_interrupt_shuts_everything_down() -> None:
         ({"ascent_batch_size": 0}, r"ascent_batch_size=0 is not allowed.*1 <= b' <= b"),
         ({"ascent_batch_size": 1.5}, r"ascent_batch_size=1\.5 is not allowed"),
         ({"ascent_batch_size": "half"}, r"ascent_batch_size='half' is not allowed"),
-        ({"ascent_device": "tpu"}, r"ascent_device='tpu' is not allowed: use 'cpu'"),
+        ({"ascent_device": "tpu"}, r"ascent_device='tpu' is not allowed: use 'auto', 'cpu'"),
         ({"ascent_device": "cuda:0"} if not torch.cuda.is_available() else {"ascent_device": "cuda:99"},
          r"ascent_device='cuda:\d+' is not allowed"),
         ({"ascent_data": "future"}, r"ascent_data='future' is not allowed: use 'previous'"),

@@ -75,3 +75,15 @@ def test_a_bad_max_slowdown_is_named(bad) -> None:
 ])
 def test_auto_device_rule(device, used, visible, rank, want) -> None:
     assert resolve_ascent_device("auto", device, used, visible, rank) == want
+
+
+def test_the_default_ascent_device_is_auto_and_resolves_here() -> None:
+    import lightning_asyncsam  # noqa: F401
+    from lightning_asyncsam import AsyncSAMStrategy
+    from tiny import TinyClassifier, loader, make_data, trainer
+
+    strategy = AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1)
+    assert strategy.ascent_device == "auto"
+    trainer(strategy, max_epochs=1).fit(TinyClassifier(), loader(make_data(dtype=torch.float32), 8))
+    # a CPU trainer: any visible GPU is one that no rank uses
+    assert strategy.worker_device == ("cuda:0" if torch.cuda.device_count() else "cpu")

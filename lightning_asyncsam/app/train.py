@@ -204,11 +204,10 @@ def device_name(device: str | torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def _hardware(trainer: pl.Trainer, algorithm: DictConfig) -> dict[str, Any]:
+def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
     """What the timings were measured on: Table 4.2's descent and ascent devices."""
     root = trainer.strategy.root_device
-    strategy = algorithm.strategy
-    ascent = strategy.get("ascent_device") if isinstance(strategy, DictConfig) else None
+    ascent = getattr(trainer.strategy, "worker_device", None)  # where "auto" put the ascent
     return {
         "device": str(root),
         "descent_device": device_name(root),
@@ -260,7 +259,7 @@ def build_summary(cfg: DictConfig, trainer: pl.Trainer, clock: RunClock, fit_tim
         "ascent_batch_size": None if ascent is None else round(ascent),
         "parameters": count_parameters(trainer.lightning_module),
         "precision": str(trainer.precision),
-        **_hardware(trainer, cfg.algorithm),
+        **_hardware(trainer),
         "version": package_version(),
         "git_sha": git_sha(),
         "torch": torch.__version__,

@@ -56,7 +56,7 @@ class AscentHost(Protocol):
     worker: AscentWorker | None
     ascent_batch_size: int | float | str
     ascent_data: str
-    ascent_device: str
+    worker_device: str
     cpu_batch: Any
     direction: Sequence[Tensor] | None
     _params: list[Tensor]
@@ -210,8 +210,8 @@ class AsyncSAMCallback(Callback):
             window_ms = (now - self._submitted_at) * 1e3
             if self._tuner.observe(window_ms, ascent_ms, samples) and not self._announced:
                 self._announced = True
-                rank_zero_info(self._tuner.describe(str(strategy.root_device), strategy.ascent_device, strategy.threads))
-                advice = self._tuner.advice(strategy.ascent_device)
+                rank_zero_info(self._tuner.describe(str(strategy.root_device), strategy.worker_device, strategy.threads))
+                advice = self._tuner.advice(strategy.worker_device)
                 if advice is not None:
                     rank_zero_warn(advice)
 

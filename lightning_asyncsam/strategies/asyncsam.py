@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 from lightning_asyncsam.ascent.affinity import ProcessAffinity, available_cores, split_cores
 from lightning_asyncsam.ascent.buffers import FlatTensors
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
+from lightning_asyncsam.ascent.devices import resolve_ascent_device
 from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.functional import EPS, adaptive_ascent_step_, scale_to_radius_
@@ -42,7 +43,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         rho: the perturbation radius r of Eq. 3.
         ascent_batch_size: b'. An int in [1, b], a float fraction of b in (0, 1], or ``"auto"``
             (the system-aware rule of Section 3.3, see :mod:`lightning_asyncsam.ascent.autotune`).
-        ascent_device: where the worker computes: ``"cpu"`` or a CUDA device such as ``"cuda:1"``.
+        ascent_device: where the worker computes: ``"auto"`` (the default: a visible GPU that no
+            rank of this trainer uses, else the CPU; see :mod:`lightning_asyncsam.ascent.devices`),
+            ``"cpu"``, or a CUDA device such as ``"cuda:1"``. :attr:`worker_device` says which.
         ascent_threads: torch threads in the worker. None: the cores of this node divided among
             its ranks, minus one for a GPU-driving main process, or half of them when the main
             process also computes on the CPU.
@@ -81,7 +84,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self,
         rho: float = 0.05,
         ascent_batch_size: int | float | str = "auto",
-        ascent_device: str | torch.device = "cpu",
+        ascent_device: str | torch.device = "auto",
         ascent_threads: int | None = None,
         ascent_data: AscentData = "next",
         ascent_nice: int = 10,
@@ -93,6 +96,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().__init__(rho=rho, **kwargs)
         self.ascent_batch_size = _check_ascent_batch_size(ascent_batch_size)
         self.ascent_device = _check_ascent_device(ascent_device)
+        self.worker_device = "cpu" if self.ascent_device == "auto" else self.ascent_device  # resolved in setup
         if ascent_threads is not None and (isinstance(ascent_threads, bool) or not isinstance(ascent_threads, int)
                                            or ascent_threads < 1):
             raise ValueError(f"ascent_threads={ascent_threads!r} is not allowed: use None or an int >= 1")
@@ -161,14 +165,16 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.close_worker()
         module = self.lightning_module
         assert module is not None
-        device = torch.device(self.ascent_device)
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        used = [d.index or 0 for d in (self.parallel_devices or [self.root_device]) if d.type == "cuda"]
+        self.worker_device = resolve_ascent_device(self.ascent_device, self.root_device, used, visible, self.local_rank)
+        device = torch.device(self.worker_device)
+        if device.type == "cuda" and device.index is not None and device.index >= visible:
             raise ValueError(
-                f"ascent_device={self.ascent_device!r} is not allowed: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
+                f"ascent_device={self.ascent_device!r} is not allowed: this machine has {visible} CUDA device(s)"
             )
         main_cores, worker_cores = self._core_split()
-        self.worker = AscentWorker(module, self._params, self.ascent_device, self.threads, capacity=1,
+        self.worker = AscentWorker(module, self._params, self.worker_device, self.threads, capacity=1,
                                    nice=self.ascent_nice, cpus=worker_cores)
         if self.root_device.type == "cuda":
             self.worker.weights.pin(self.root_device)
@@ -189,7 +195,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 return None, None
             raise ValueError(f"ascent_cpus={self.ascent_cpus!r} is not allowed: this OS cannot pin processes; use None")
         if self.ascent_cpus == "auto":
-            both_on_cpu = self.root_device.type == "cpu" and torch.device(self.ascent_device).type == "cpu"
+            both_on_cpu = self.root_device.type == "cpu" and torch.device(self.worker_device).type == "cpu"
             split = split_cores(cores, self.local_rank, self.num_processes, self.threads) if both_on_cpu else None
             return split if split is not None else (None, None)
         wanted = list(self.ascent_cpus)
@@ -341,12 +347,14 @@ def _check_ascent_batch_size(value: int | float | str) -> int | float | str:
 
 
 def _check_ascent_device(value: str | torch.device) -> str:
+    if value == "auto":
+        return value
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"ascent_device={value!r} is not allowed: use 'cpu' or a CUDA device such as 'cuda:1'")
+        raise ValueError(f"ascent_device={value!r} is not allowed: use 'auto', 'cpu' or a CUDA device such as 'cuda:1'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"ascent_device={value!r} is not allowed: CUDA is not available on this machine; use 'cpu'")
     return str(device)
