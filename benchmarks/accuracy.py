@@ -12,7 +12,7 @@ Commands:
 Algorithms: the names of the ``algorithm=`` configs (``sgd``, ``sam``, ``asam``, ``gsam``, ``esam``,
 ``looksam``, ``mesa``, ``aesam``, ``asyncsam``), built from those configs, so with Table A.2's
 values (``--rho`` overrides every radius); ``asyncsam`` is AsyncSAM with its config's defaults
-(b' "auto", ``ascent_data="previous"``); ``asyncsam_<prev|next>_<b|b/4>`` fixes its ascent data
+(b' "auto", ``ascent_data="next"``); ``asyncsam_<prev|next>_<b|b/4>`` fixes its ascent data
 and b'.
 
 Setting: a fixed stratified split (70% train, 30% test), 40% symmetric label noise on the training
