@@ -86,6 +86,7 @@ class StepClock(L.Callback):
         self.cuda = cuda
         self.stamps: list[float] = []
         self.diag: dict[str, list[float]] = {k: [] for k in ASYNC_METRICS}
+        self._overhead_total = 0.0
 
     def _now(self) -> float:
         if self.cuda:
@@ -99,8 +100,12 @@ class StepClock(L.Callback):
         sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
         if sync and len(self.stamps) > 1:
             for k, v in sync[0].metrics.items():
-                if k in self.diag:
+                if k in self.diag and k != "asyncsam/overhead_ms":
                     self.diag[k].append(v)
+            # overhead_ms is published as a mean over the logging window; the running total gives each step's.
+            total = sync[0].overhead_total_ms
+            self.diag["asyncsam/overhead_ms"].append(total - self._overhead_total)
+            self._overhead_total = total
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.stamps.append(self._now())
