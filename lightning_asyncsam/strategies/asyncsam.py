@@ -153,10 +153,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
-            module = self.lightning_module
-            assert module is not None
-            names = {id(p): n for n, p in module.named_parameters()}
-            self._adaptive_flags = [names.get(id(p), "").endswith("weight") for p in self._params]
+            self._adaptive_flags = self._asam_flags()
             self._plain_transfer = None
             self._start_worker()
 

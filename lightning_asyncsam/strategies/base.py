@@ -223,6 +223,13 @@ class SharpnessAwareStrategy(DDPStrategy):
             )
         return params
 
+    def _asam_flags(self) -> list[bool]:
+        """Per trainable parameter: whether ASAM's T = |w| + eta applies (its name ends in ``weight``)."""
+        module = self.lightning_module
+        assert module is not None
+        names = {id(p): n for n, p in module.named_parameters()}
+        return [names.get(id(p), "").endswith("weight") for p in self._params]
+
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
         """The step e to add to the weights for this micro-batch, or None to leave them alone."""
         raise NotImplementedError

@@ -76,10 +76,7 @@ class SAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
-            module = self.lightning_module
-            assert module is not None
-            names = {id(p): n for n, p in module.named_parameters()}
-            self._scaled = [names.get(id(p), "").endswith("weight") for p in self._params]
+            self._scaled = self._asam_flags()
 
     def _ascent_gradient(self, batch: Any, batch_idx: int) -> list[Tensor]:
         """g = grad L(w; B), from the module's ascent loss; zeros for parameters it does not reach."""
