@@ -5,39 +5,26 @@ This is the proof that the asynchronous path is Eq. 3: same weights after every 
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
-import torch
 
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
 from tiny import (
-    Recorder,
-    TinyClassifier,
     assert_trajectories_close,
     epochs_of,
-    in_float64,
-    loader,
+    fit_float64,
     make_data,
-    make_optimizer,
     reference_asyncsam,
+    reference_net,
     reference_sam,
     reference_sgd,
-    trainer,
 )
 
 B, EPOCHS, RHO = 8, 4, 0.3  # 48 samples / 8 = 6 steps an epoch, 24 steps in all
 
-
-def _fit(strategy, optimizer: str, accumulate: int = 1) -> list:
-    model = in_float64(lambda: TinyClassifier(optimizer))
-    rec = Recorder()
-    t = trainer(strategy, max_epochs=EPOCHS, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate)
-    t.fit(model, loader(make_data(), B))
-    return rec.steps
-
-
-def _reference_net(optimizer: str):
-    net = in_float64(lambda: TinyClassifier(optimizer).net)
-    return net, make_optimizer(optimizer, net.parameters())
+_fit = partial(fit_float64, epochs=EPOCHS, batch_size=B)
+_reference_net = reference_net
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

@@ -3,6 +3,8 @@ with what SAMStrategy works with (accumulation, clipping, bf16, resume, DDP, non
 
 from __future__ import annotations
 
+from functools import partial
+
 import functools
 import warnings
 
@@ -15,17 +17,17 @@ from torch.utils.data import DistributedSampler
 from lightning_asyncsam import AESAMStrategy, ESAMStrategy, MESAStrategy, SAMStrategy
 from references_family import reference_aesam, reference_esam, reference_mesa
 from tiny import (
-    FiniteOnlyClassifier,
-    Recorder,
-    TinyClassifier,
     assert_trajectories_close,
     epochs_of,
+    FiniteOnlyClassifier,
+    fit_float64,
     in_float64,
     loader,
     make_data,
     make_data_with_nan,
-    make_optimizer,
+    reference_net,
     reference_sgd,
+    TinyClassifier,
     trainer,
 )
 
@@ -49,18 +51,8 @@ class FiniteOnlyPerSample(FiniteOnlyClassifier):
         logits = self(x)
         return logits, F.cross_entropy(logits, y, reduction="none")
 
-
-def _fit(strategy, optimizer: str = "sgd", accumulate: int = 1, epochs: int = EPOCHS, module=PerSampleClassifier):
-    model = in_float64(lambda: module(optimizer))
-    rec = Recorder()
-    t = trainer(strategy, max_epochs=epochs, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate)
-    t.fit(model, loader(make_data(), B))
-    return rec.steps
-
-
-def _net(optimizer: str):
-    net = in_float64(lambda: TinyClassifier(optimizer).net)
-    return net, make_optimizer(optimizer, net.parameters())
+_fit = partial(fit_float64, epochs=EPOCHS, batch_size=B, module=PerSampleClassifier)
+_net = reference_net
 
 
 def _gap(a, b) -> float:

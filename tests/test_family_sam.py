@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import warnings
 
 import lightning as L
@@ -18,36 +20,26 @@ from lightning_asyncsam.functional import cosine_similarity
 from lightning_asyncsam.rules_sam import gsam_direction_, inner, looksam_orthogonal_, looksam_reuse_
 from references_family import Shards, reference_asam, reference_gsam, reference_looksam
 from tiny import (
-    FiniteOnlyClassifier,
-    Recorder,
-    TinyClassifier,
     assert_trajectories_close,
     epochs_of,
+    FiniteOnlyClassifier,
+    fit_float64,
     in_float64,
     loader,
     make_data,
     make_data_with_nan,
-    make_optimizer,
+    Recorder,
+    reference_net,
     reference_sam,
     reference_sgd,
+    TinyClassifier,
     trainer,
 )
 
 B, EPOCHS, RHO, ETA = 8, 4, 0.3, 0.05  # 48 samples / 8 = 6 steps an epoch, 24 steps in all
 
-
-def _fit(strategy, optimizer: str = "sgd", accumulate: int = 1, **kwargs) -> list:
-    model = in_float64(lambda: TinyClassifier(optimizer))
-    rec = Recorder()
-    t = trainer(strategy, max_epochs=EPOCHS, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate,
-                **kwargs)
-    t.fit(model, loader(make_data(), B))
-    return rec.steps
-
-
-def _net(optimizer: str = "sgd"):
-    net = in_float64(lambda: TinyClassifier(optimizer).net)
-    return net, make_optimizer(optimizer, net.parameters())
+_fit = partial(fit_float64, epochs=EPOCHS, batch_size=B)
+_net = reference_net
 
 
 def _data():

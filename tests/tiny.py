@@ -86,6 +86,23 @@ class Recorder(L.Callback):
             self.steps.append([p.detach().clone() for p in pl_module.parameters()])
 
 
+def fit_float64(strategy, optimizer: str = "sgd", accumulate: int = 1, epochs: int = 4, batch_size: int = 8,
+                module: Callable[[str], L.LightningModule] = TinyClassifier, **trainer_kwargs) -> list[list[Tensor]]:
+    """Fit ``module(optimizer)`` in float64 on ``make_data()``; the weights after every optimizer step."""
+    model = in_float64(lambda: module(optimizer))
+    rec = Recorder()
+    t = trainer(strategy, max_epochs=epochs, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate,
+                **trainer_kwargs)
+    t.fit(model, loader(make_data(), batch_size))
+    return rec.steps
+
+
+def reference_net(optimizer: str = "sgd") -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The same network and optimizer as ``TinyClassifier(optimizer)``, in float64, for a serial reference."""
+    net = in_float64(lambda: TinyClassifier(optimizer).net)
+    return net, make_optimizer(optimizer, net.parameters())
+
+
 def loader(ds: TensorDataset, batch_size: int = 8) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False)
 
