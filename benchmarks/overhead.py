@@ -2,21 +2,23 @@
 
 The digits recipe's setting (recipes/digits.yaml: ``digits_cnn``, b = 32, SGD with momentum, lr
 0.05, cosine decay, ``log_every_n_steps=10``, a CSV logger), with the trainer and the worker at
-one thread each (``torch.set_num_threads(1)`` here, ``ascent_threads=1``) and b' = b. SGD and
-AsyncSAM are fitted side by side in ONE process, alternating (SGD, AsyncSAM, AsyncSAM, SGD, ...),
-so that both share the machine's minute. A callback times every training epoch inside the fit;
+one thread each (``torch.set_num_threads(1)`` here, ``ascent_threads=1``). SGD and AsyncSAM with
+b' = b and with b' = 1 are fitted side by side in ONE process, interleaved (the order rotates every
+repetition), so that all share the machine's minute. b' = 1 leaves the worker almost idle: the
+difference between the two AsyncSAM arms is what the worker's compute on the other core costs the
+trainer (the two cores share caches and memory bandwidth), apart from AsyncSAM's own work. A callback times every training epoch inside the fit;
 validation is off, so an epoch is exactly its 45 training steps. Each fit's steady-state epoch is
 the median of its epochs 2..N (epoch 1 holds the worker's start-up).
 
-It reports, per algorithm, the median (and the range) over repetitions of those steady-state
+It reports, per arm, the median (and the range) over repetitions of those steady-state
 epochs; the difference per step between AsyncSAM and SGD, in wall-clock and in the trainer
 thread's CPU time (which a shared machine's other processes do not inflate), and how much of the
 wall-clock difference was waiting for a late worker; and the mean of ``asyncsam/overhead_ms``,
 the strategy's own account of what it adds to the trainer's thread.
 
 Commands:
-    python benchmarks/overhead.py                          # 5 repetitions of 8 epochs, ~2 min
-    python benchmarks/overhead.py --repeats 9 --epochs 10
+    python benchmarks/overhead.py                          # SGD, b' = 32 and b' = 1; 5 repetitions of 8 epochs, ~3 min
+    python benchmarks/overhead.py --ascent-batch-size 32 --repeats 9 --epochs 10
     python benchmarks/overhead.py --profile                # cProfile: Python calls per step, SGD vs AsyncSAM
 """
 
@@ -148,32 +150,57 @@ def profile(epochs: int, top: int) -> str:
     return "\n".join(lines)
 
 
+def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], steps_per_epoch: int) -> dict[str, Any]:
+    """One AsyncSAM arm against SGD, paired by repetition (the fits of a repetition ran back to back)."""
+    sgd = [run["steady_epoch_s"] for run in sgd_runs]
+    asam = [run["steady_epoch_s"] for run in runs]
+    per_step = [(a - s) / steps_per_epoch * 1e3 for a, s in zip(asam, sgd)]
+    cpu_per_step = [(a["steady_cpu_s"] - s["steady_cpu_s"]) / steps_per_epoch * 1e3 for a, s in zip(runs, sgd_runs)]
+    return {
+        "asyncsam_epoch_s": statistics.median(asam),
+        "asyncsam_epoch_range_s": [min(asam), max(asam)],
+        "ratio": statistics.median(asam) / statistics.median(sgd),
+        "ratio_paired": statistics.median(a / s for a, s in zip(asam, sgd)),
+        "added_ms_per_step": statistics.median(per_step),
+        "added_ms_per_step_range": [min(per_step), max(per_step)],
+        "overhead_metric_ms_per_step": statistics.median(run["overhead_ms_per_step"] for run in runs),
+        "wait_ms_per_step": statistics.median(run["wait_ms_per_step"] for run in runs),
+        "added_cpu_ms_per_step": statistics.median(cpu_per_step),
+        "added_cpu_ms_per_step_range": [min(cpu_per_step), max(cpu_per_step)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="fits of each algorithm, interleaved")
+    parser.add_argument("--repeats", type=int, default=5, help="fits of each arm, interleaved")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per fit (the first is not counted)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one fit of each instead")
     parser.add_argument("--top", type=int, default=25, help="functions to list with --profile")
     parser.add_argument("--name", default="overhead_digits_cpu", help="results/<name>.{json,md}")
-    parser.add_argument("--ascent-batch-size", type=int, default=B,
-                        help="b' (b = 32); 1 leaves the worker almost idle, isolating the trainer's own cost")
+    parser.add_argument("--ascent-batch-size", default=f"{B},1",
+                        help="comma-separated b' values, one AsyncSAM arm each (b = 32). b' = 1 leaves the worker "
+                             "almost idle: its difference to b' = b is what the worker's compute on the other core "
+                             "costs the trainer (shared caches and memory bandwidth), apart from AsyncSAM's own work")
     args = parser.parse_args()
-    if args.epochs < 2 or args.repeats < 1:
-        parser.error("--epochs must be >= 2 and --repeats >= 1")
+    sizes = [int(v) for v in str(args.ascent_batch_size).split(",") if v.strip()]
+    if args.epochs < 2 or args.repeats < 1 or not sizes or any(not 1 <= n <= B for n in sizes):
+        parser.error(f"--epochs must be >= 2, --repeats >= 1, and every --ascent-batch-size in [1, {B}]")
     torch.set_num_threads(1)
     if args.profile:
         print(profile(args.epochs, args.top))
         return
 
-    runs: dict[str, list[dict[str, Any]]] = {"sgd": [], "asyncsam": []}
+    arms = ["sgd", *(f"asyncsam_b{n}" for n in sizes)]
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         fit("sgd", 2, 0, tmp)  # warm-up: imports, allocator, the dataset's first load
         for r in range(args.repeats):
-            order = ("sgd", "asyncsam") if r % 2 == 0 else ("asyncsam", "sgd")
-            for algorithm in order:
-                clock = fit(algorithm, args.epochs, r, tmp, ascent_batch_size=args.ascent_batch_size)
+            order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate, so that no arm always runs first
+            for arm in order:
+                n = int(arm.removeprefix("asyncsam_b")) if arm != "sgd" else B
+                clock = fit("sgd" if arm == "sgd" else "asyncsam", args.epochs, r, tmp, ascent_batch_size=n)
                 steps = sum(clock.steps[1:])
-                runs[algorithm].append({
+                runs[arm].append({
                     "epoch_times_s": clock.epochs,
                     "epoch_cpu_s": clock.cpu,
                     "steps_per_epoch": clock.steps[1],
@@ -182,44 +209,34 @@ def main() -> None:
                     "overhead_ms_per_step": sum(clock.overhead_ms[1:]) / steps,
                     "wait_ms_per_step": sum(clock.wait_ms[1:]) / steps,
                 })
-                print(f"repeat {r} {algorithm:8s} steady epoch {steady(clock.epochs) * 1e3:7.1f} ms", flush=True)
+                print(f"repeat {r} {arm:12s} steady epoch {steady(clock.epochs) * 1e3:7.1f} ms", flush=True)
 
     steps_per_epoch = runs["sgd"][0]["steps_per_epoch"]
     sgd = [run["steady_epoch_s"] for run in runs["sgd"]]
-    asam = [run["steady_epoch_s"] for run in runs["asyncsam"]]
-    # Paired by repetition: the two fits of a repetition ran back to back.
-    per_step = [(a - s) / steps_per_epoch * 1e3 for a, s in zip(asam, sgd)]
-    metric = [run["overhead_ms_per_step"] for run in runs["asyncsam"]]
-    wait = [run["wait_ms_per_step"] for run in runs["asyncsam"]]
-    cpu_per_step = [(a["steady_cpu_s"] - s["steady_cpu_s"]) / steps_per_epoch * 1e3
-                    for a, s in zip(runs["asyncsam"], runs["sgd"])]
-    summary = {
-        "sgd_epoch_s": statistics.median(sgd),
-        "asyncsam_epoch_s": statistics.median(asam),
-        "ratio": statistics.median(asam) / statistics.median(sgd),
-        "added_ms_per_step": statistics.median(per_step),
-        "added_ms_per_step_range": [min(per_step), max(per_step)],
-        "overhead_metric_ms_per_step": statistics.median(metric),
-        "wait_ms_per_step": statistics.median(wait),
-        "added_cpu_ms_per_step": statistics.median(cpu_per_step),
-        "added_cpu_ms_per_step_range": [min(cpu_per_step), max(cpu_per_step)],
-    }
+    summary: dict[str, Any] = {"sgd_epoch_s": statistics.median(sgd), "sgd_epoch_range_s": [min(sgd), max(sgd)]}
+    for arm in arms[1:]:
+        summary[arm] = _arm_summary(runs[arm], runs["sgd"], steps_per_epoch)
     env = environment()
     rng = lambda xs, scale=1e3: f"{min(xs) * scale:.1f}-{max(xs) * scale:.1f}"  # noqa: E731
+    rows = [f"| SGD | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | | |"]
+    for arm, n in zip(arms[1:], sizes):
+        a = summary[arm]
+        rows.append(
+            f"| AsyncSAM (b' = {n}) | {a['asyncsam_epoch_s'] * 1e3:.1f} ms ({rng(a['asyncsam_epoch_range_s'])}) | "
+            f"{a['ratio']:.3f} | {a['ratio_paired']:.3f} | {a['added_ms_per_step']:.3f} ms "
+            f"({rng(a['added_ms_per_step_range'], 1)}) | {a['wait_ms_per_step']:.3f} ms | "
+            f"{a['added_cpu_ms_per_step']:.3f} ms ({rng(a['added_cpu_ms_per_step_range'], 1)}) | "
+            f"{a['overhead_metric_ms_per_step']:.3f} ms |")
     table = "\n".join([
-        f"Digits recipe (digits_cnn, b = 32, b' = {args.ascent_batch_size}, {steps_per_epoch} steps an epoch), "
-        "trainer and worker at 1 thread "
-        f"each; {args.repeats} interleaved repetitions of {args.epochs} epochs, steady-state epoch = median of "
-        "epochs 2..N of a fit; median over repetitions (range).",
+        f"Digits recipe (digits_cnn, b = 32, {steps_per_epoch} steps an epoch), trainer and worker at 1 thread "
+        f"each; {args.repeats} repetitions of {args.epochs} epochs, the arms interleaved; steady-state epoch = "
+        "median of epochs 2..N of a fit; median over repetitions (range). x SGD, paired: the median of each "
+        "repetition's ratio.",
         "",
-        "| | steady-state epoch | x SGD | added wall per step | of which waiting for the worker "
+        "| | steady-state epoch | x SGD | x SGD, paired | added wall per step | of which waiting for the worker "
         "| added trainer-thread CPU per step | `asyncsam/overhead_ms` |",
-        "|---|---|---|---|---|---|---|",
-        f"| SGD | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | |",
-        f"| AsyncSAM (b' = {args.ascent_batch_size}) | {summary['asyncsam_epoch_s'] * 1e3:.1f} ms ({rng(asam)}) | {summary['ratio']:.3f} | "
-        f"{summary['added_ms_per_step']:.3f} ms ({rng(per_step, 1)}) | {summary['wait_ms_per_step']:.3f} ms | "
-        f"{summary['added_cpu_ms_per_step']:.3f} ms ({rng(cpu_per_step, 1)}) | "
-        f"{summary['overhead_metric_ms_per_step']:.3f} ms |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
         "",
         environment_markdown(env),
     ])

@@ -189,6 +189,23 @@ def perturb_(params: Sequence[Tensor], step: Sequence[Tensor], backup: Sequence[
 
 
 @torch.no_grad()
+def climb_(params: Sequence[Tensor], step: Sequence[Tensor]) -> None:
+    """Climb from w to ``w + e`` in place (line 5 of Algorithm 1) where an exact copy of w is kept elsewhere.
+
+    :func:`perturb_` without its backup copy: AsyncSAM's published ``w_t`` (the copy the worker
+    reads) already is one, so :func:`restore_` can copy from it.
+
+    Example::
+
+        >>> w = [torch.tensor([1.0, 1.0])]
+        >>> climb_(w, [torch.tensor([0.3, 0.4])])
+        >>> w[0]
+        tensor([1.3000, 1.4000])
+    """
+    torch._foreach_add_(list(params), list(step))
+
+
+@torch.no_grad()
 def restore_(params: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
     """Return ``params`` to w exactly by copying the backup taken in :func:`perturb_`.
 

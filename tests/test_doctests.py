@@ -9,6 +9,9 @@ import pytest
 
 MODULES = [
     "logging_steps",
+    "batch_free",
+    "ascent.mailbox",
+    "ascent.flat_params",
     "strategies.state",
     "functional",
     "ascent.autotune",

@@ -2,16 +2,14 @@
 
 They are allocated once, before the worker starts, and handed to it at spawn time (torch passes
 shared storage as file descriptors). After that, a training step moves no tensor through a pipe
-and pickles nothing but a short control tuple: the main process copies into these buffers and the
-worker copies out of them.
+and pickles nothing: the main process copies into these buffers and the worker copies out of them
+(the step's few numbers go through :mod:`lightning_asyncsam.ascent.mailbox`).
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -94,6 +92,45 @@ class FlatTensors:
         else:
             torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
 
+    @torch.no_grad()
+    def copy_from_flats(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> None:
+        """Write the first ``count`` tensors from ``flats`` and the others from ``rest``.
+
+        ``flats`` hold those ``count`` tensors laid out as here (one per dtype, in the order of
+        their dtypes' first appearance): each is one copy, however many tensors it holds.
+
+        Example::
+
+            >>> flat = FlatTensors([torch.zeros(2), torch.zeros(3), torch.zeros(1)])
+            >>> flat.copy_from_flats([torch.arange(5.0)], count=2, rest=[torch.tensor([9.0])])
+            >>> [v.tolist() for v in flat.views()]
+            [[0.0, 1.0], [2.0, 3.0, 4.0], [9.0]]
+        """
+        on_staging = self._staging is not None and flats[0].device == self._staging[0].device
+        target_flats = self._staging if on_staging else self._flats
+        prefixes = self.__dict__.get("_prefixes")
+        if prefixes is None or prefixes[0] != (count, on_staging):
+            sizes = [0] * len(self._flats)
+            for slot in self._slots[:count]:
+                sizes[slot.group] += slot.numel
+            prefixes = ((count, on_staging), [f[:n] for f, n in zip(target_flats, sizes) if n])  # type: ignore[union-attr]
+            self.__dict__["_prefixes"] = prefixes
+        torch._foreach_copy_(prefixes[1], list(flats))
+        if rest:
+            views = self._staging_views if on_staging else self.views()
+            torch._foreach_copy_(views[count:], list(rest))
+        if on_staging:
+            for flat, staged in zip(self._flats, self._staging):  # type: ignore[arg-type]
+                flat.copy_(staged, non_blocking=self._pinned)
+
+    def prefix_flats(self, count: int) -> list[Tensor]:
+        """The part of each flat that holds the first ``count`` tensors, on the main device (staging, else host)."""
+        flats = self.device_flats()
+        sizes = [0] * len(self._flats)
+        for slot in self._slots[:count]:
+            sizes[slot.group] += slot.numel
+        return [f[:n] for f, n in zip(flats, sizes) if n]
+
     def stage(self, device: torch.device | str, share_with: FlatTensors | None = None) -> None:
         """Keep a flat copy of the buffers on ``device`` for :meth:`copy_from` and :meth:`to_device`.
 
@@ -129,6 +166,10 @@ class FlatTensors:
         for staged, flat in zip(self._staging, self._flats):
             staged.copy_(flat, non_blocking=self._pinned)
         return self._staging_views
+
+    def device_views(self) -> list[Tensor]:
+        """The views of what :meth:`copy_from` last wrote, on the device it came from (the staging copy, else the host views)."""
+        return self.views() if self._staging is None else self._staging_views
 
     def device_flats(self) -> list[Tensor]:
         """The flat tensors that :meth:`to_device`'s views alias: one kernel per dtype rewrites them all."""
@@ -182,7 +223,7 @@ class FlatTensors:
     def __getstate__(self) -> dict[str, Any]:
         # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
         return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False, "_staging": None,
-                "_staging_views": []}
+                "_staging_views": [], "_prefixes": None}
 
 
 class BatchSlot:
@@ -215,6 +256,8 @@ class BatchSlot:
         self._key: Any = None
         self._buffers: list[Tensor | None] = []
         self.layout: tuple[TreeSpec, list[Any], list[Tensor | None]] | None = None
+        self._targets: list[Tensor | None] = []  # views of the buffers' first _targets_n rows
+        self._targets_n = -1
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
 
@@ -263,9 +306,14 @@ class BatchSlot:
             self._key, self._buffers = key, buffers
             self.layout = (spec, constants, buffers)
         n = min(n, size)
-        for x, buf in zip(leaves, self._buffers):
-            if buf is not None:  # detach, not a no_grad context: it costs a few microseconds per call
-                buf[:n].copy_(x[:n].detach())
+        if changed or n != self._targets_n:  # the buffers' first n rows, sliced once per (layout, n)
+            self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
+            self._targets_n = n
+        for x, dst in zip(leaves, self._targets):
+            if dst is not None:
+                if x.requires_grad:  # detach, not a no_grad context: it costs a few microseconds per call
+                    x = x.detach()
+                dst.copy_(x if n == size else x[:n])
         self.size, self.n = size, n
         return changed
 
@@ -286,22 +334,3 @@ def read_batch(layout: tuple[TreeSpec, list[Any], list[Tensor | None]], n: int, 
     spec, constants, buffers = layout
     leaves = [c if b is None else b[:n].to(device) for c, b in zip(constants, buffers)]
     return tree_unflatten(leaves, spec)
-
-
-def send_plain(conn: Connection, message: tuple) -> None:
-    """Send a tuple of plain Python values (a step's control message) with plain pickle.
-
-    ``Connection.send`` pickles with multiprocessing's ``ForkingPickler``, which copies its table
-    of reducers (torch registers dozens) on every call: about 10 microseconds for a four-field
-    tuple, against one for ``pickle.dumps``. ``Connection.recv`` on the other end unpickles both
-    the same way. Anything holding tensors (a batch layout) must go through ``Connection.send``.
-
-    Example::
-
-        >>> import multiprocessing as mp
-        >>> a, b = mp.Pipe()
-        >>> send_plain(a, ("step", 3, 8, 0))
-        >>> b.recv()
-        ('step', 3, 8, 0)
-    """
-    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))

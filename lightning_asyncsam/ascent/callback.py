@@ -9,20 +9,22 @@ itself; users never add it. At the first micro-batch of optimizer step t, the st
    (then the step runs unperturbed, and the skip is counted and warned about once per fit),
 2. publishes ``w_t`` and the ascent batch ``A_t`` to the worker and starts ``g_t``.
 
-No Lightning hook of this callback does more than bookkeeping on a step that does not log:
-Lightning dispatches every hook of every callback anyway, and the synchronization rides on
-``training_step``, a call that SGD pays too. The hooks compute the diagnostics (the cosine, a
-pass over the gradients) and hand them to the loggers (directly, see
-:func:`~lightning_asyncsam.logging_steps.publish_metrics`) only on the steps whose values reach
-the loggers (:func:`~lightning_asyncsam.logging_steps.logs_now`), once per optimizer step;
-:attr:`AsyncSAMCallback.metrics` holds them on every step. The callback also keeps the stale gradient in the checkpoint, so that a resumed run
-continues the trajectory of the uninterrupted one.
+Lightning never calls this callback on a batch (it is a
+:class:`~lightning_asyncsam.batch_free.BatchFreeCallback`: Lightning's dispatch of a callback's
+hooks costs the trainer's thread about as much per step as the whole synchronization). Its
+per-step work rides on calls that SGD pays too: the synchronization on the strategy's
+``training_step``, the diagnostics on its ``optimizer_step`` (:meth:`AsyncSAMCallback.after_closure`
+once the descent gradient exists, :meth:`AsyncSAMCallback.end_step` after the update). The
+diagnostics (the cosine, a pass over the gradients) are computed and handed to the loggers
+(directly, see :func:`~lightning_asyncsam.logging_steps.publish_metrics`) only on the steps whose
+values reach the loggers (:func:`~lightning_asyncsam.logging_steps.logs_now`), once per optimizer
+step; :attr:`AsyncSAMCallback.metrics` holds them on every step. The callback also keeps the stale
+gradient in the checkpoint, so that a resumed run continues the trajectory of the uninterrupted one.
 
 ``asyncsam/overhead_ms`` is everything this callback and the strategy add to the trainer's thread
 per optimizer step, averaged over the steps since the last log: the synchronization (collection,
 the direction, publishing, the batch hand-over, the lookahead), perturb and restore, the
-diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart.
-Not in it: Lightning's own dispatch of this callback's hooks (a few microseconds per hook). The
+diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart. The
 running totals ``overhead_total_ms`` and ``wait_total_ms`` serve benchmarks/overhead.py.
 
 It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module
@@ -37,7 +39,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
@@ -46,6 +47,7 @@ import lightning.pytorch as pl
 from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.worker import AscentWorker
+from lightning_asyncsam.batch_free import BatchFreeCallback
 from lightning_asyncsam.functional import cosine_similarity
 from lightning_asyncsam.logging_steps import logs_now, publish_metrics
 
@@ -61,6 +63,7 @@ class AscentHost(Protocol):
     direction: Sequence[Tensor] | None
     _params: list[Tensor]
     perturb_ms: float
+    rho: float
 
     @property
     def root_device(self) -> torch.device: ...
@@ -68,12 +71,14 @@ class AscentHost(Protocol):
     @property
     def threads(self) -> int: ...
 
-    def use_gradient(self, grads: FlatTensors | None, norm: float | None = None) -> None: ...
+    def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None: ...
+
+    def publish(self, worker: AscentWorker) -> None: ...
 
     def next_step_batch(self) -> Any: ...
 
 
-class AsyncSAMCallback(Callback):
+class AsyncSAMCallback(BatchFreeCallback):
     """Synchronizes the ascent worker with the training loop (added by :class:`~lightning_asyncsam.AsyncSAMStrategy`).
 
     Example::
@@ -88,11 +93,15 @@ class AsyncSAMCallback(Callback):
     def __init__(self) -> None:
         self._tuner: AscentBatchTuner | None = None
         self._synced_step: int | None = None   # optimizer step whose first micro-batch was synchronized
+        self._ended_step: int | None = None    # optimizer step whose end was accounted (end_step)
         self._step: int | None = None          # optimizer step whose held gradient this is
-        self._held: list[Tensor] | None = None  # a collected g_{step}, not yet handed over (flat, host)
+        self._held: list[Tensor] | None = None  # a collected g_{step} or e, not yet handed over (flat, host)
+        self._held_rho: float | None = None     # the rho of e = rho g / ||g|| in _held; None: _held is g
         self._submitted_at = 0.0
         self._full_batch = 0
         self._trainer_ref: "pl.Trainer | None" = None  # state_dict() gets no trainer argument
+        self._worker: AscentWorker | None = None       # the worker the cached value below belongs to
+        self._on_cuda = False                          # the main process computes on a GPU
         self._announced = False
         self._log_step = False  # whether this optimizer step's diagnostics reach the loggers
         # The latest diagnostics, as plain attributes: a dict is built only when they are logged.
@@ -126,9 +135,12 @@ class AsyncSAMCallback(Callback):
         start = time.perf_counter()
         step = trainer.global_step
         self._log_step = logs_now(trainer)
+        if self._worker is not worker:  # a new worker (a new fit): where the main process computes
+            self._worker = worker
+            self._on_cuda = strategy.root_device.type == "cuda"
         wait_ms = 0.0
         direction = None
-        norm: float | None = None
+        scaled = worker.delivers_step
         if worker.in_flight is not None:
             if worker.in_flight == step - 1:
                 if not worker.ready():
@@ -139,7 +151,7 @@ class AsyncSAMCallback(Callback):
                     result = worker.collect()
                 self._after_ascent(strategy, result.ascent_ms, result.grad_norm, result.samples, start)
                 if math.isfinite(result.grad_norm):
-                    direction, norm = worker.grads[(step - 1) % 2], result.grad_norm
+                    direction = worker.grads[(step - 1) % 2]
                 else:
                     self._skip(strategy)
             else:
@@ -147,8 +159,11 @@ class AsyncSAMCallback(Callback):
         elif self._held is not None and self._step == step - 1:
             worker.grads[(step - 1) % 2].load_flat(self._held)
             direction = worker.grads[(step - 1) % 2]
+            # Held as e only if this worker makes the same e; otherwise as a direction (both rules are
+            # invariant to its scale) that the strategy scales.
+            scaled = scaled and self._held_rho == strategy.rho
         self._held = None
-        strategy.use_gradient(direction, norm)
+        strategy.use_gradient(direction, scaled)
 
         ascent_batch = strategy.cpu_batch
         if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
@@ -159,8 +174,8 @@ class AsyncSAMCallback(Callback):
             upcoming = strategy.next_step_batch()
             ascent_batch = upcoming if upcoming is not None else ascent_batch
         n = self._ascent_size(strategy, b)
-        worker.publish()
-        if strategy.root_device.type == "cuda":
+        strategy.publish(worker)
+        if self._on_cuda:
             torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
         worker.submit(step, ascent_batch, n, batch_idx)
         self._synced_step = step
@@ -216,13 +231,15 @@ class AsyncSAMCallback(Callback):
                     rank_zero_warn(advice)
 
     # ----------------------------------------------------------------- diagnostics
-    @override
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def after_closure(self, strategy: AscentHost) -> None:
+        """On a logging step, the cosine between this step's direction and its descent gradient.
+
+        Called by the strategy's ``optimizer_step`` when the closure (forward, backward, restore)
+        has run: where ``on_before_optimizer_step`` would see the gradients, before clipping.
+        """
         if not self._log_step:
             return
         start = time.perf_counter()
-        strategy = _strategy(trainer)
         direction = strategy.direction
         self._cos = None
         if direction is not None:
@@ -231,17 +248,21 @@ class AsyncSAMCallback(Callback):
                 self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
         self._add_overhead((time.perf_counter() - start) * 1e3)
 
-    @override
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        strategy = trainer.strategy
-        perturb_ms = getattr(strategy, "perturb_ms", 0.0)
-        strategy.perturb_ms = 0.0  # type: ignore[attr-defined]
+    def end_step(self, trainer: "pl.Trainer", strategy: AscentHost) -> None:
+        """After the optimizer step: account perturb and restore, and hand the diagnostics to the loggers on a logging step.
+
+        Called by the strategy's ``optimizer_step``, once per synchronized optimizer step (a
+        manual ``training_step`` that steps twice ends it once), at the step at which Lightning
+        logs its own values of this batch.
+        """
+        step = trainer.global_step  # not yet incremented: Lightning counts the step after this returns
+        if self._synced_step != step or self._ended_step == step:
+            return
+        self._ended_step = step
+        perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
         self._perturb_ms = perturb_ms
         self._add_overhead(perturb_ms)
-        if self._synced_step is None or trainer.global_step == self._synced_step:
-            return  # no step yet, or a micro-batch that did not end its optimizer step
-        if not (self._log_step or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if not self._log_step:
             return
         start = time.perf_counter()
         self._overhead_ms = self._window_ms / max(1, self._window_steps)
@@ -280,11 +301,12 @@ class AsyncSAMCallback(Callback):
             self.skipped_ascents += 1
             return
         self._held = worker.grads[result.step % 2].flat()
+        self._held_rho = worker.rho
         self._step = result.step
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._synced_step = None
+        self._synced_step = self._ended_step = None
         self._skip_warned = False
         self._window_ms, self._window_steps = 0.0, 0
 
@@ -299,12 +321,15 @@ class AsyncSAMCallback(Callback):
             self._hold_in_flight(self._trainer_ref)
         if self._held is None:
             return {}
-        return {"step": self._step, "grads": self._held, "ascent_batch_size": self._tuner.value if self._tuner else None}
+        # "rho": the held buffer is e = rho g / ||g|| (None: the gradient g itself).
+        return {"step": self._step, "grads": self._held, "rho": self._held_rho,
+                "ascent_batch_size": self._tuner.value if self._tuner else None}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._step = state_dict.get("step")
         self._held = [g.clone() for g in state_dict.get("grads", [])] or None
+        self._held_rho = state_dict.get("rho")
         if self._tuner is not None and state_dict.get("ascent_batch_size"):
             self._tuner.value = int(state_dict["ascent_batch_size"])
 

@@ -48,30 +48,36 @@ The contract, which the tests check:
    workers, the OS, other jobs) it is the worker that waits, and "auto" shrinks b' if it must.
    Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.ascent.affinity`).
 
-Per step the pipe carries one short tuple each way; the tensors move through shared memory
-(:mod:`lightning_asyncsam.ascent.buffers`).
+Per step nothing crosses the pipe: four numbers cross each way through shared memory, signalled
+by two semaphores (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
+buffers (:mod:`lightning_asyncsam.ascent.buffers`). The pipe carries what is rare: the batch's
+layout when it changes, the trainer stand-in's changes, a stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
-fixed amount of work, whatever the model's size: one non-blocking ``poll`` and one ``recv`` of a
-five-field tuple (:meth:`AscentWorker.collect`); one multiplication per dtype that turns
-``g_{t-1}`` into e (the worker sent ``||g_{t-1}||`` with it: no norm, no host sync; ASAM's rule
-adds its foreach norm); one ``torch._foreach_copy_`` that publishes ``w_t``; one slice copy per
-batch tensor into the batch slot (no pytree walk for a tensor or a flat tuple or list of them);
-one ``send`` of a four-field tuple. Each micro-batch adds perturb and restore (two foreach copies
-and one foreach add). No allocation beyond the views of a batch, no walk over the parameters in
-Python, no Lightning ``log`` at all (the diagnostics go to the loggers directly, and only on
-the steps that log). Measured on this project's 2-core VM while other jobs shared it (SGD's step
-ran 2.7x slower than on the quiet VM), the trainer thread's CPU per step was: synchronization
-0.32 ms (collect 0.06, the direction 0.05, publishing 0.05, batch hand-over and send 0.08),
-perturb 0.05, restore 0.05, diagnostics 0.01 (0.1 on a logging step). Most of it is memory
-traffic, not Python: the gradient, the weights and the batch cross between two cores' caches.
-``asyncsam/overhead_ms`` reports this time; benchmarks/overhead.py checks it against the
-difference to SGD, side by side.
+fixed amount of work, whatever the model's size, with no system call in the common case: one
+``sem_trywait`` and four numbers read (:meth:`AscentWorker.collect`; the worker has already
+scaled ``g_{t-1}`` into e, so the direction costs nothing but a host-to-device copy on a GPU;
+ASAM's rule, whose T needs ``w_t``, adds its foreach passes); one copy per dtype that publishes
+``w_t`` (the trainable parameters live in one flat buffer per dtype during the fit,
+:mod:`lightning_asyncsam.ascent.flat_params`), plus one per buffer (BatchNorm's statistics); one
+slice copy per batch tensor into the batch slot (no pytree walk for a tensor or a flat tuple or
+list of them; the slices cached); one snapshot comparison of the optimizers' hyperparameters; four
+numbers written and one ``sem_post``. Each micro-batch adds one addition (perturb) and one copy
+(restore) per dtype: the published ``w_t`` is the backup. No allocation, no walk over the
+parameters in Python, no Lightning ``log``, and no Lightning callback hook (the strategy's
+callbacks have none per batch, :mod:`lightning_asyncsam.batch_free`); the diagnostics go to the
+loggers directly, and only on the steps that log. ``asyncsam/overhead_ms`` reports this time;
+benchmarks/overhead.py checks it against the difference to SGD, side by side. Measured on this
+project's quiet 2-core VM (digits recipe, b = 32): 0.18 ms per step, of which publishing ~0.04,
+the batch hand-over ~0.02, perturb ~0.02 and restore ~0.03; most of the rest is Python run cold
+in the middle of a step (each call and each tensor operation costs several times what it costs in
+a tight loop) and memory that the other core wrote last.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing as mp
 import types
 import os
@@ -88,7 +94,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch, send_plain
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
+from lightning_asyncsam.functional import EPS
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
 from lightning_asyncsam.ascent.replica import (
@@ -102,7 +110,6 @@ from lightning_asyncsam.ascent.replica import (
 )
 
 _POLL_S = 0.05
-_PARENT_CHECK_S = 0.5
 
 
 class AscentWorkerError(RuntimeError):
@@ -121,6 +128,7 @@ class WorkerSpec:
     nice: int = 0
     cpus: tuple[int, ...] | None = None
     start_method: str = "spawn"
+    rho: float | None = None  # set: the worker delivers e = rho g / ||g|| (Eq. 3) instead of g
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,8 @@ def named_tensors(module: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors]) -> None:
+def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors],
+                 mailbox: Mailbox) -> None:
     """Entry point of the worker process."""
     try:
         if spec.start_method == "fork":
@@ -219,28 +228,24 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             p.requires_grad_(id(p) in wanted)
         layout = None
         parent = mp.parent_process()
+        alive = (lambda: parent.is_alive()) if parent is not None else (lambda: True)
         conn.send(("ready", os.getpid(), torch.cuda.is_initialized()))
-        last_check = time.monotonic()
+        spin_s, delivered = SPIN_MAX_S / 10, time.perf_counter()
         while True:
-            if not conn.poll(_PARENT_CHECK_S):
-                if parent is not None and not parent.is_alive():
+            if not mailbox.wait_step(spin_s, alive):
+                return  # the trainer is gone
+            spin_s = spin_budget(spin_s, time.perf_counter() - delivered)
+            step, n, batch_idx, messages = mailbox.step()
+            for _ in range(messages):  # what the trainer sent through the pipe before this step
+                msg = conn.recv()
+                if msg[0] == "stop":
                     return
-                continue
-            if time.monotonic() - last_check > _PARENT_CHECK_S:
-                if parent is not None and not parent.is_alive():
-                    return
-                last_check = time.monotonic()
-            msg = conn.recv()
-            kind = msg[0]
-            if kind == "stop":
+                if msg[0] == "layout":
+                    layout = msg[1]
+                elif msg[0] == "trainer":
+                    trainer.update(msg[1])
+            if step < 0:
                 return
-            if kind == "layout":
-                layout = msg[1]
-                continue
-            if kind == "trainer":
-                trainer.update(msg[1])
-                continue
-            _, step, n, batch_idx = msg
             trainer.update({"global_step": step})
             start = time.perf_counter()
             weights.copy_to(mirror)
@@ -254,12 +259,17 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                 out = grads[step % 2]
                 out.copy_from(grad)
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
-            send_plain(conn, ("grad", step, (time.perf_counter() - start) * 1e3, norm, n))
+                if spec.rho is not None and math.isfinite(norm):
+                    # Eq. 3's scale here, off the trainer's thread: one multiplication per dtype.
+                    torch._foreach_mul_(out.device_flats(), spec.rho / (norm + EPS))
+            mailbox.post_result(step, (time.perf_counter() - start) * 1e3, norm, n)
+            delivered = time.perf_counter()
     except KeyboardInterrupt:
         return
     except BaseException:  # noqa: BLE001 - everything must reach the trainer
         try:
             conn.send(("error", traceback.format_exc()))
+            mailbox.wake()
         finally:
             os._exit(1)
 
@@ -297,6 +307,9 @@ class AscentWorker:
         capacity: the largest ascent batch it will be handed.
         nice: how much the worker lowers its scheduling priority (0 to 19; POSIX only).
         cpus: the cores the worker is confined to (Linux); None: wherever the OS puts it.
+        rho: given, the worker delivers the perturbation ``e = rho * g / ||g||`` of Eq. 3 in
+            ``grads`` (where ``||g||`` is finite) instead of the gradient g; None: g itself.
+            :attr:`AscentResult.grad_norm` is ``||g||`` either way.
 
     Example::
 
@@ -308,14 +321,17 @@ class AscentWorker:
     """
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
-                 nice: int = 0, cpus: Sequence[int] | None = None) -> None:
+                 nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None) -> None:
         tensors = named_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
         if missing:
             raise ValueError(f"AsyncSAM: optimizer parameters {missing} are not parameters of the LightningModule")
-        self.weight_names = tuple(tensors)
         self.grad_names = tuple(by_id[id(p)] for p in grad_params)
+        # The trainable ones first, in grad_params order: they form a prefix of each dtype's buffer,
+        # which publish_flat() writes in one copy.
+        trainable = set(self.grad_names)
+        self.weight_names = self.grad_names + tuple(n for n in tensors if n not in trainable)
         self._weight_sources = [tensors[n] for n in self.weight_names]
         with torch.no_grad():
             self.weights = FlatTensors([t.detach() for t in self._weight_sources])
@@ -326,15 +342,28 @@ class AscentWorker:
         # torch and Lightning, so a large payload there would block Process.start() for seconds.
         payload = torch.frombuffer(bytearray(serialize_module(module)), dtype=torch.uint8).share_memory_()
         self._spec = WorkerSpec(payload, self.weight_names, self.grad_names, device, threads, nice,
-                                tuple(cpus) if cpus else None)
+                                tuple(cpus) if cpus else None, rho=rho)
         self._module = module  # its trainer's state is mirrored into the replica's stand-in
         self._trainer_sent: dict[str, Any] | None = None
+        self._trainer_snapshot: tuple[int, list[tuple[Any, ...]]] | None = None
         self.start_method: str | None = None  # "fork" or "spawn", chosen by start()
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._ready = False
         self.cuda_initialized: bool | None = None  # reported by the worker: did it create a CUDA context?
         self.in_flight: int | None = None
+        self._mailbox: Mailbox | None = None
+        self._result_posted = False  # ready() took the done semaphore of the step in flight
+
+    @property
+    def rho(self) -> float | None:
+        """The rho of the e that the worker delivers in ``grads``; None: it delivers the gradient g."""
+        return self._spec.rho
+
+    @property
+    def delivers_step(self) -> bool:
+        """Whether ``grads`` holds the perturbation e (see ``rho``) rather than the gradient."""
+        return self._spec.rho is not None
 
     @property
     def pid(self) -> int | None:
@@ -350,14 +379,17 @@ class AscentWorker:
         self.start_method = choose_start_method(self._spec.device, self._spec.threads)
         ctx = mp.get_context(self.start_method)
         parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self._mailbox = Mailbox(ctx)
+        self._result_posted = False
         self._process = ctx.Process(
             target=_worker_main,
-            args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads),
+            args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads,
+                  self._mailbox),
             name="asyncsam-ascent-worker",
             daemon=True,
         )
         self._conn = parent_conn
-        self._trainer_sent = None
+        self._trainer_sent = self._trainer_snapshot = None
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
             self._process.start()
         child_conn.close()
@@ -377,6 +409,24 @@ class AscentWorker:
         """Copy the current weights and buffers into shared memory (``w_t``)."""
         self.weights.copy_from(self._weight_sources if weights is None else weights)
 
+    def publish_flat(self, flats: Sequence[Tensor]) -> None:
+        """:meth:`publish`, with the trainable parameters given as flat buffers laid out as ``grads`` is (one copy per dtype)."""
+        self.weights.copy_from_flats(flats, len(self.grad_names), self._weight_sources[len(self.grad_names):])
+
+    def published_flats(self) -> list[Tensor]:
+        """The published ``w_t`` of the trainable parameters as one flat view per dtype, on the main device."""
+        return self.weights.prefix_flats(len(self.grad_names))
+
+    def published_params(self) -> list[Tensor]:
+        """Views of the published ``w_t`` of the trainable parameters, in ``grad_params`` order, on the main device.
+
+        Until the next :meth:`publish` they hold an exact copy of the weights: the backup that
+        perturb and restore need, without a copy of their own (the worker only reads them).
+        """
+        views = self.weights.device_views()
+        index = {name: i for i, name in enumerate(self.weight_names)}
+        return [views[index[name]] for name in self.grad_names]
+
     def submit(self, step: int, batch: Any, n: int, batch_idx: int) -> None:
         """Hand the worker its ascent batch (the first ``n`` samples of ``batch``, all if it has fewer) and start ``step``.
 
@@ -386,29 +436,57 @@ class AscentWorker:
             raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
         conn = self._require_conn()
         self.wait_ready()
+        messages = 0
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
-            self._sync_trainer(conn)
-            send_plain(conn, ("step", step, self.slot.n, batch_idx))
+                messages += 1
+            messages += self._sync_trainer(conn)
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
+        self._mailbox.post_step(step, self.slot.n, batch_idx, messages)  # type: ignore[union-attr]
         self.in_flight = step
 
     def collect(self, timeout: float | None = None) -> AscentResult:
         """Wait for the step in flight and return its timing; the gradient is in ``grads[step % 2]``."""
         if self.in_flight is None:
             raise AscentWorkerError("AsyncSAM: collect() called with no ascent step in flight")
-        msg = self._recv(timeout, what=f"the ascent gradient of step {self.in_flight}")
-        if msg[0] != "grad" or msg[1] != self.in_flight:
+        if not self._result_posted:
+            self._await_result(timeout, what=f"the ascent gradient of step {self.in_flight}")
+        self._result_posted = False
+        step, ascent_ms, grad_norm, samples = self._mailbox.result()  # type: ignore[union-attr]
+        if step != self.in_flight:  # woken by a failing worker: its traceback is in the pipe
+            msg = self._recv(timeout=5.0, what=f"the ascent gradient of step {self.in_flight}")
             raise AscentWorkerError(f"AsyncSAM ascent worker answered {msg[:2]!r} for step {self.in_flight}")
         self.in_flight = None
-        return AscentResult(step=msg[1], ascent_ms=msg[2], grad_norm=msg[3], samples=msg[4])
+        return AscentResult(step=step, ascent_ms=ascent_ms, grad_norm=grad_norm, samples=samples)
 
     def ready(self) -> bool:
-        """Whether the step in flight has finished (never blocks)."""
-        return self.in_flight is not None and self._poll(self._require_conn(), 0.0)
+        """Whether the step in flight has finished (never blocks, and no system call when it has not)."""
+        if self.in_flight is None:
+            return False
+        if not self._result_posted:
+            self._result_posted = self._require_mailbox().take_result(0.0)
+        return self._result_posted
+
+    def _await_result(self, timeout: float | None, what: str) -> None:
+        """Block until the worker posts a result, checking every 50 ms that it lives and has not failed."""
+        mailbox, conn, proc = self._require_mailbox(), self._require_conn(), self._process
+        assert proc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not mailbox.take_result(_POLL_S):
+            if self._poll(conn, 0.0) or not proc.is_alive():
+                self._recv(timeout=5.0, what=what)  # raises: the worker's traceback, or its exit code
+            if deadline is not None and time.monotonic() > deadline:
+                pid = proc.pid
+                self.close()
+                raise AscentWorkerError(f"AsyncSAM ascent worker (pid {pid}) did not deliver {what} in {timeout} s")
+
+    def _require_mailbox(self) -> Mailbox:
+        self._require_conn()
+        assert self._mailbox is not None
+        return self._mailbox
 
     def _poll(self, conn: Connection, timeout: float) -> bool:
         """``conn.poll(timeout)`` through one reused ``select.poll`` object.
@@ -425,19 +503,34 @@ class AscentWorker:
             self.__dict__["_poller"] = poller
         return bool(poller[1].poll(timeout * 1e3))
 
-    def _sync_trainer(self, conn: Connection) -> None:
-        """Send the replica's trainer stand-in what changed: everything the first time, then epoch and hyperparameters."""
+    def _sync_trainer(self, conn: Connection) -> int:
+        """Send the replica's trainer stand-in what changed: everything the first time, then epoch and hyperparameters.
+
+        Returns:
+            The number of messages sent (0 or 1).
+        """
         trainer = getattr(self._module, "_trainer", None)
         if trainer is None:
-            return
+            return 0
+        # The common case, nothing changed, in O(1) Python per param group: the groups' values by
+        # identity (a scheduler writes a new float), not a filtered dict per group.
+        try:
+            snapshot = (trainer.current_epoch, [tuple(g.values()) for o in trainer.optimizers for g in o.param_groups])
+            if self._trainer_snapshot is not None and snapshot == self._trainer_snapshot:
+                return 0
+        except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
+            snapshot = None
+        self._trainer_snapshot = snapshot
         state = trainer_dynamics(trainer)
         if self._trainer_sent is None:
             state.update(trainer_statics(trainer))
             self._trainer_sent = {}
         changed = {k: v for k, v in state.items() if k not in self._trainer_sent or self._trainer_sent[k] != v}
-        if changed:
-            conn.send(("trainer", changed))
-            self._trainer_sent.update(changed)
+        if not changed:
+            return 0
+        conn.send(("trainer", changed))
+        self._trainer_sent.update(changed)
+        return 1
 
     def _require_conn(self) -> Connection:
         if self._conn is None or self._process is None:
@@ -481,13 +574,15 @@ class AscentWorker:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker; safe to call any number of times, from any state."""
-        proc, conn = self._process, self._conn
-        self._process, self._conn, self.in_flight = None, None, None
+        proc, conn, mailbox = self._process, self._conn, self._mailbox
+        self._process, self._conn, self.in_flight, self._result_posted = None, None, None, False
         if conn is not None:
             try:
                 conn.send(("stop",))
             except (OSError, ValueError):
                 pass
+        if mailbox is not None and proc is not None:
+            mailbox.post_stop(messages=1)
         if proc is not None:
             proc.join(timeout)
             if proc.is_alive():

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
+from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning.pytorch as pl
@@ -22,9 +25,10 @@ from lightning_asyncsam.ascent.affinity import ProcessAffinity, available_cores,
 from lightning_asyncsam.ascent.buffers import FlatTensors
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.devices import resolve_ascent_device
+from lightning_asyncsam.ascent.flat_params import FlatParameters
 from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 from lightning_asyncsam.ascent.worker import AscentWorker
-from lightning_asyncsam.functional import EPS, adaptive_ascent_step_, scale_to_radius_
+from lightning_asyncsam.functional import adaptive_ascent_step_, climb_, restore_, scale_to_radius_
 from lightning_asyncsam.strategies.base import SharpnessAwareStrategy
 from lightning_asyncsam.strategies.registry import _register
 
@@ -123,6 +127,13 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.lookahead: LookaheadLoader | None = None
         self._sync: AsyncSAMCallback | None = None
         self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
+        self._own_backup: list[Tensor] = []   # the base's backup, for a perturbation without a published w_t
+        self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
+        self._flat: FlatParameters | None = None     # the trainable parameters in one buffer per dtype, during a fit
+        self._direction_flats: list[Tensor] = []     # e as one flat per dtype (what self.direction's views alias)
+        self._targets: list[Tensor] = []             # what perturb and restore write: the flats, or the parameters
+        self._published_by: tuple[AscentWorker | None, bool] = (None, False)  # whose views _published_* are
+        self._published_views: list[Tensor] = []
 
     @property
     def threads(self) -> int:
@@ -152,9 +163,12 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     def setup(self, trainer: "pl.Trainer") -> None:
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
+            self._own_backup = self._backup
             self._check_loss_source()
             self._adaptive_flags = self._asam_flags()
             self._plain_transfer = None
+            self._release_flat()
+            self._flat = FlatParameters(self._params)
             self._start_worker()
 
     def _start_worker(self) -> None:
@@ -171,8 +185,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 f"ascent_device={self.ascent_device!r} is not allowed: this machine has {visible} CUDA device(s)"
             )
         main_cores, worker_cores = self._core_split()
+        # ASAM's T comes from w_t, which does not exist yet when the worker finishes g_{t-1}: it scales here.
         self.worker = AscentWorker(module, self._params, self.worker_device, self.threads, capacity=1,
-                                   nice=self.ascent_nice, cpus=worker_cores)
+                                   nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho)
         if self.root_device.type == "cuda":
             self.worker.weights.pin(self.root_device)
             first, second = self.worker.grads
@@ -206,8 +221,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     def close_worker(self) -> None:
         """Stop the worker and give the trainer its cores back (safe to call at any time, any number of times)."""
+        self._restore()  # while w_t's published copy, the backup, still exists
         worker, self.worker = self.worker, None
         self.direction = None
+        self._published = None
         self._affinity.restore()
         if worker is not None:
             worker.close()
@@ -225,9 +242,15 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def teardown(self) -> None:
         self.close_worker()
+        self._release_flat()  # before the base moves the module off the GPU
         self.cpu_batch = None
         self.lookahead = None
         super().teardown()
+
+    def _release_flat(self) -> None:
+        flat, self._flat = self._flat, None
+        if flat is not None:
+            flat.release()
 
     # ----------------------------------------------------------------- data for the worker
     @override
@@ -265,30 +288,84 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         return module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
 
     # ----------------------------------------------------------------- the perturbation
-    def use_gradient(self, grads: FlatTensors | None, norm: float | None = None) -> None:
-        """Make ``g_{t-1}`` (a host buffer from the worker) this step's perturbation; None: no perturbation.
+    def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None:
+        """Make ``g_{t-1}`` (a host buffer from the worker) this step's perturbation e; None: no perturbation.
 
-        The gradient moves to the main device in one copy per dtype, and the step
-        ``e = rho * g / ||g||`` is formed there once, in place: every micro-batch of the step adds
-        it, with no allocation and no second pass over the weights per micro-batch.
+        e moves to the main device in one copy per dtype; every micro-batch of the step adds it,
+        with no allocation and no second pass over the weights per micro-batch.
 
         Args:
-            grads: ``g_{t-1}``, or None.
-            norm: ``||g_{t-1}||`` as the worker measured it (finite). Given, the scale is a host
-                number and e is one multiplication per dtype, with no norm on the trainer's
-                thread; ASAM's rule and a gradient from a checkpoint compute theirs.
+            grads: ``g_{t-1}``, or e itself, or None.
+            scaled: the worker already scaled it to ``e = rho * g / ||g||`` (Eq. 3; it does so
+                without ``adaptive``), so the trainer's thread does nothing but the transfer.
+                Otherwise the scale is formed here: ASAM's rule (T from ``w_t``), or a gradient
+                held from a checkpoint of an older version.
         """
         if grads is None:
             self.direction = None
             return
         direction = grads.to_device()
-        if self.adaptive:
+        self._direction_flats = grads.device_flats()
+        if scaled:
+            pass
+        elif self.adaptive:
             adaptive_ascent_step_(direction, self._params, self._adaptive_flags, self.rho, self.eta)
-        elif norm is not None:
-            torch._foreach_mul_(grads.device_flats(), self.rho / (norm + EPS))  # Eq. 3 on the flat buffers
         else:
             scale_to_radius_(direction, self.rho, storage=grads.device_flats())
         self.direction = direction
+
+    def publish(self, worker: AscentWorker) -> None:
+        """Publish ``w_t`` to the worker; until the optimizer steps, that copy is also perturb's backup.
+
+        With the parameters in flat buffers (:mod:`lightning_asyncsam.ascent.flat_params`), the
+        publication, each perturbation and each restore are one operation per dtype.
+        """
+        flat = self._flat if self._flat is not None and self._flat.intact() else None
+        if flat is not None:
+            worker.publish_flat(flat.flats)
+        else:
+            worker.publish()
+        if self._published_by != (worker, flat is not None):  # views of the same buffers every step: made once
+            self._published_by = (worker, flat is not None)
+            self._published_views = worker.published_flats() if flat is not None else worker.published_params()
+        self._published = self._published_views
+        self._targets = flat.flats if flat is not None else self._params
+
+    @override
+    def _perturb(self, step: Sequence[Tensor]) -> None:
+        if self._published is None:  # no w_t published this step (e.g. a custom loop): the base's copy
+            self._backup = self._own_backup
+            super()._perturb(step)
+            return
+        start = time.perf_counter()
+        flat = self._targets is not self._params
+        climb_(self._targets, self._direction_flats if flat else step)
+        self._perturbed = True
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    @override
+    def _restore(self) -> None:
+        if not (self._perturbed and self._published is not None):
+            super()._restore()  # nothing to restore, or the base's own backup
+            return
+        start = time.perf_counter()
+        restore_(self._targets, self._published)  # w_t back from the copy the worker reads
+        self._perturbed = False
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
+
+    @override
+    def _after_closure(self) -> None:
+        if self._sync is not None:
+            self._sync.after_closure(self)
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
+                       model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
+        out = super().optimizer_step(optimizer, closure, model, **kwargs)
+        self._published = None  # the weights moved on: no longer w_t
+        if self._sync is not None:
+            self._sync.end_step(self.lightning_module.trainer, self)  # type: ignore[union-attr]
+        return out
 
     @override
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:

@@ -282,11 +282,16 @@ class SharpnessAwareStrategy(DDPStrategy):
                        model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
         def restoring_closure() -> Any:
             try:
-                return closure()
+                out = closure()
             finally:
                 self._restore()
+            self._after_closure()
+            return out
 
         return super().optimizer_step(optimizer, restoring_closure, model, **kwargs)
+
+    def _after_closure(self) -> None:
+        """Runs when a step's closure (forward, backward, restore) has run, before clipping and the update."""
 
     @override
     def on_exception(self, exception: BaseException) -> None:

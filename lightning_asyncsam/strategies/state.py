@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import Callback
 from typing_extensions import override
+
+from lightning_asyncsam.batch_free import BatchFreeCallback
 
 if TYPE_CHECKING:
     from lightning_asyncsam.strategies.base import SharpnessAwareStrategy
 
 
-class RuleStateCallback(Callback):
+class RuleStateCallback(BatchFreeCallback):
     """Saves ``strategy.rule_state_dict()`` in checkpoints and queues it for the strategy on resume.
 
     Added by :class:`~lightning_asyncsam.strategies.base.SharpnessAwareStrategy`; users never add it.
+    Lightning never calls it on a batch (see :mod:`lightning_asyncsam.batch_free`).
 
     Args:
         strategy: the strategy whose rule state this callback carries.

@@ -1,0 +1,170 @@
+"""The trainer's per-step path (issue 11): no callback dispatch per batch, the backup is the published w_t,
+the worker delivers e itself, and the step hand-shake goes through shared memory and semaphores."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.profilers import PassThroughProfiler
+from torch.nn import functional as F
+
+from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam.ascent.mailbox import Mailbox
+from lightning_asyncsam.ascent.worker import AscentWorker
+from lightning_asyncsam.batch_free import PER_BATCH_HOOKS, BatchFreeCallback
+from lightning_asyncsam.strategies.state import RuleStateCallback
+from tiny import TinyClassifier, in_float64, loader, make_data, trainer
+
+
+class ActionRecorder(PassThroughProfiler):
+    """Records the name of every action Lightning profiles: each callback hook call is one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[str] = []
+
+    def start(self, action_name: str) -> None:
+        self.actions.append(action_name)
+
+
+@pytest.mark.parametrize("make", [lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), SAMStrategy],
+                         ids=["asyncsam", "sam"])
+def test_lightning_calls_the_strategy_callbacks_on_no_batch(make) -> None:
+    profiler = ActionRecorder()
+    t = L.Trainer(strategy=make(), accelerator="cpu", devices=1, max_epochs=2,
+                  logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                  enable_model_summary=False, profiler=profiler)
+    data = make_data(n=32, dtype=torch.float32)
+    t.fit(TinyClassifier(), loader(data, 8))
+    ours = [c.state_key for c in t.callbacks if isinstance(c, BatchFreeCallback)]
+    assert "RuleStateCallback" in ours
+    called = {a.split(".", 1)[1] for a in profiler.actions if any(a.startswith(f"[Callback]{k}.") for k in ours)}
+    assert "on_train_start" in called and "setup" in called  # the fit's hooks still reach them
+    assert not called & set(PER_BATCH_HOOKS), called & set(PER_BATCH_HOOKS)
+
+
+def test_a_user_callback_keeps_its_batch_hooks() -> None:
+    seen: list[int] = []
+
+    class Counting(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append(batch_idx)
+
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, callbacks=[Counting()])
+    t.fit(TinyClassifier(), loader(make_data(n=32, dtype=torch.float32), 8))
+    assert seen == [0, 1, 2, 3]
+    assert {type(c) for c in t.callbacks} >= {AsyncSAMCallback, RuleStateCallback}
+
+
+def test_asyncsam_restores_from_the_published_weights_in_flat_buffers() -> None:
+    """Every perturbed micro-batch restores w_t from the worker's published copy, one flat buffer per dtype."""
+    checks: list[bool] = []
+
+    class Probe(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            s = trainer.strategy
+            if s._perturbed:  # perturbed through the flat buffers, with w_t published this step
+                checks.append(s._published is not None and s._targets is s._flat.flats)
+                checks.append(all(p.data_ptr() >= s._flat.flats[0].data_ptr() for p in s._params))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            s = trainer.strategy
+            if s._published is not None:
+                checks.append(all(torch.equal(t, w) for t, w in zip(s._targets, s._published)))
+
+    model = TinyClassifier()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, accumulate_grad_batches=2,
+                callbacks=[Probe()])
+    t.fit(model, loader(make_data(n=64, dtype=torch.float32), 8))
+    assert len(checks) >= 10 and all(checks)
+    # After the fit each parameter has a storage of its own again (what safetensors requires).
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_parameters_that_cannot_move_keep_the_per_tensor_path() -> None:
+    from lightning_asyncsam.ascent.flat_params import FlatParameters
+
+    weight = torch.nn.Parameter(torch.randn(4, 3).t())  # not contiguous
+    assert not FlatParameters([weight, torch.nn.Parameter(torch.zeros(3))]).active
+    base = torch.zeros(6)
+    shared = [torch.nn.Parameter(base[:3]), torch.nn.Parameter(base[3:])]  # one storage, e.g. ZeRO's buckets
+    assert not FlatParameters(shared).active
+    net = torch.nn.Linear(3, 2)
+    flat = FlatParameters(list(net.parameters()))
+    assert flat.intact()
+    net.weight.data = net.weight.data.clone()  # something gave a parameter new storage: no longer flat
+    assert not flat.intact()
+
+
+@pytest.mark.parametrize("rho", [None, 0.05])
+def test_the_worker_delivers_e_or_g(rho) -> None:
+    model = TinyClassifier()
+    params = list(model.parameters())
+    worker = AscentWorker(model, params, "cpu", threads=1, capacity=8, rho=rho)
+    ds = make_data(dtype=torch.float32)
+    x, y = ds.tensors[0][:8], ds.tensors[1][:8]
+    try:
+        worker.start()
+        worker.publish()
+        worker.submit(0, (x, y), 8, batch_idx=0)
+        result = worker.collect(timeout=30)
+    finally:
+        worker.close()
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    norm = torch.cat([t.flatten() for t in g]).norm().item()
+    want = g if rho is None else [t * (rho / norm) for t in g]
+    assert abs(result.grad_norm - norm) < 1e-5  # ||g|| either way: the diagnostics and the non-finite check
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[0].views(), want))
+    assert worker.delivers_step is (rho is not None)
+
+
+def test_the_mailbox_orders_steps_and_results_across_processes() -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    box = Mailbox(ctx)
+    proc = ctx.Process(target=_echo, args=(box, 5), daemon=True)
+    proc.start()
+    try:
+        for step in range(5):
+            box.post_step(step, n=step + 1, batch_idx=7, messages=0)
+            assert box.take_result(timeout=30)
+            assert box.result() == (step, 7.0, float(step + 1), step + 1)
+        assert not box.take_result(timeout=0.0)  # nothing posted: no result, and no blocking
+    finally:
+        box.post_stop(messages=0)
+        proc.join(10)
+    assert proc.exitcode == 0
+
+
+def _echo(box: Mailbox, steps: int) -> None:
+    for _ in range(steps):
+        assert box.wait_step(spin_s=0.001, alive=lambda: True)
+        step, n, batch_idx, _ = box.step()
+        box.post_result(step, float(batch_idx), float(n), n)
+    assert box.wait_step(spin_s=0.0, alive=lambda: True) and box.step()[0] < 0
+
+
+def test_a_resumed_run_with_another_rho_rescales_the_held_perturbation(tmp_path) -> None:
+    """The checkpoint holds e for the rho that made it; resumed with another rho, the first step's e has the new radius."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    t = trainer(AsyncSAMStrategy(rho=0.05, ascent_batch_size=4, ascent_threads=1), max_epochs=1,
+                precision="64-true", callbacks=[ckpt], enable_checkpointing=True)
+    t.fit(in_float64(TinyClassifier), loader(make_data(), 8))
+    state = torch.load(tmp_path / "epoch=0.ckpt", weights_only=True)["callbacks"]["AsyncSAMCallback"]
+    assert state["rho"] == 0.05
+    assert abs(torch.cat([g.flatten() for g in state["grads"]]).norm().item() - 0.05) < 1e-6
+
+    norms: list[float] = []
+
+    class FirstStep(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            if trainer.strategy.direction is not None and not norms:
+                norms.append(torch.cat([d.flatten() for d in trainer.strategy.direction]).norm().item())
+
+    t2 = trainer(AsyncSAMStrategy(rho=0.2, ascent_batch_size=4, ascent_threads=1), max_epochs=2,
+                 precision="64-true", callbacks=[FirstStep()])
+    t2.fit(in_float64(TinyClassifier), loader(make_data(), 8), ckpt_path=tmp_path / "epoch=0.ckpt")
+    assert norms and abs(norms[0] - 0.2) < 1e-6
