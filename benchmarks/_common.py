@@ -113,8 +113,8 @@ def write_results(name: str, payload: dict[str, Any], table_md: str) -> Path:
     """Write ``results/<name>.json`` and ``results/<name>.md``, and refresh the table in README.md."""
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (out / f"{name}.md").write_text(table_md + "\n")
+    _write_atomically(out / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")
+    _write_atomically(out / f"{name}.md", table_md + "\n")
     readme = HERE / "README.md"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if readme.exists():
@@ -122,5 +122,12 @@ def write_results(name: str, payload: dict[str, Any], table_md: str) -> Path:
         if start in text and end in text:
             head, rest = text.split(start, 1)
             _, tail = rest.split(end, 1)
-            readme.write_text(f"{head}{start}\n{table_md}\n{end}{tail}")
+            _write_atomically(readme, f"{head}{start}\n{table_md}\n{end}{tail}")
     return out / f"{name}.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader, or a crash, sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
