@@ -71,7 +71,11 @@ class FlatParameters:
         return bool(self.flats)
 
     def intact(self) -> bool:
-        """Whether they still do: nothing has given a parameter new storage (e.g. ``module.to()``) since."""
+        """Whether they still do, checked in O(1): the first and the last parameter still point into the buffers.
+
+        ``module.to()`` and the like move every parameter, so they are caught; rebinding one
+        parameter's ``.data`` in the middle of a fit is not supported.
+        """
         return bool(self.flats) and (self._params[0].data_ptr(), self._params[-1].data_ptr()) == self._ends
 
     def release(self) -> None:
