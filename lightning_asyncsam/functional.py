@@ -188,12 +188,13 @@ def perturb_(params: Sequence[Tensor], step: Sequence[Tensor], backup: Sequence[
     torch._foreach_add_(params, list(step))
 
 
-@torch.no_grad()
 def climb_(params: Sequence[Tensor], step: Sequence[Tensor]) -> None:
     """Climb from w to ``w + e`` in place (line 5 of Algorithm 1) where an exact copy of w is kept elsewhere.
 
     :func:`perturb_` without its backup copy: AsyncSAM's published ``w_t`` (the copy the worker
-    reads) already is one, so :func:`restore_` can copy from it.
+    reads) already is one, so :func:`restore_` can copy from it. No ``torch.no_grad()`` of its own
+    (a few microseconds per call in the middle of a step): pass tensors that do not require grad
+    (AsyncSAM's flat parameter buffers), or call it under ``torch.no_grad()``.
 
     Example::
 
@@ -205,13 +206,13 @@ def climb_(params: Sequence[Tensor], step: Sequence[Tensor]) -> None:
     torch._foreach_add_(list(params), list(step))
 
 
-@torch.no_grad()
 def restore_(params: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
     """Return ``params`` to w exactly by copying the backup taken in :func:`perturb_`.
 
     After this, the optimizer applies the descent gradient (taken at the perturbed point) to the
     original weights: the update ``w_{t+1} = w_t - eta * g_t`` of line 10 of Algorithm 1.
-    Copying, not subtracting e, makes the restore exact in every dtype.
+    Copying, not subtracting e, makes the restore exact in every dtype. Like :func:`climb_`, it
+    has no ``torch.no_grad()`` of its own: parameters that require grad need the caller's.
 
     Example::
 

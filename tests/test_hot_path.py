@@ -168,3 +168,38 @@ def test_a_resumed_run_with_another_rho_rescales_the_held_perturbation(tmp_path)
                  precision="64-true", callbacks=[FirstStep()])
     t2.fit(in_float64(TinyClassifier), loader(make_data(), 8), ckpt_path=tmp_path / "epoch=0.ckpt")
     assert norms and abs(norms[0] - 0.2) < 1e-6
+
+
+class StridedClassifier(TinyClassifier):
+    """The same network with a non-contiguous first weight (same values): its parameters cannot move into flat buffers."""
+
+    def __init__(self, optimizer: str = "sgd") -> None:
+        super().__init__(optimizer)
+        first = self.net[0]
+        first.weight = torch.nn.Parameter(first.weight.detach().t().contiguous().t())
+        assert not first.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam_rule", "asam_rule"])
+def test_the_per_tensor_path_follows_the_flat_path_step_by_step(adaptive) -> None:
+    from tiny import fit_float64
+
+    def strategy():
+        return AsyncSAMStrategy(rho=0.05, ascent_batch_size=4, ascent_threads=1, adaptive=adaptive)
+
+    paths: list[bool] = []
+
+    class Path(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            s = trainer.strategy
+            if s._perturbed:
+                paths.append(s._targets is s._params)
+
+    flat = fit_float64(strategy(), epochs=2, callbacks=[Path()])
+    assert paths and not any(paths)  # the flat buffers
+    paths.clear()
+    strided = fit_float64(strategy(), epochs=2, module=StridedClassifier, callbacks=[Path()])
+    assert paths and all(paths)  # one operation per tensor
+    assert len(flat) == len(strided)
+    for a, b in zip(flat, strided):
+        assert all(torch.allclose(x, y, atol=1e-12, rtol=0) for x, y in zip(a, b))

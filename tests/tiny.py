@@ -91,7 +91,8 @@ def fit_float64(strategy, optimizer: str = "sgd", accumulate: int = 1, epochs: i
     """Fit ``module(optimizer)`` in float64 on ``make_data()``; the weights after every optimizer step."""
     model = in_float64(lambda: module(optimizer))
     rec = Recorder()
-    t = trainer(strategy, max_epochs=epochs, precision="64-true", callbacks=[rec], accumulate_grad_batches=accumulate,
+    callbacks = [rec, *trainer_kwargs.pop("callbacks", [])]
+    t = trainer(strategy, max_epochs=epochs, precision="64-true", callbacks=callbacks, accumulate_grad_batches=accumulate,
                 **trainer_kwargs)
     t.fit(model, loader(make_data(), batch_size))
     return rec.steps

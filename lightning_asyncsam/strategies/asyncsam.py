@@ -338,8 +338,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             super()._perturb(step)
             return
         start = time.perf_counter()
-        flat = self._targets is not self._params
-        climb_(self._targets, self._direction_flats if flat else step)
+        if self._targets is not self._params:
+            climb_(self._targets, self._direction_flats)  # the flat buffers never require grad
+        else:
+            with torch.no_grad():
+                climb_(self._targets, step)
         self._perturbed = True
         self.perturb_ms += (time.perf_counter() - start) * 1e3
 
@@ -349,7 +352,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             super()._restore()  # nothing to restore, or the base's own backup
             return
         start = time.perf_counter()
-        restore_(self._targets, self._published)  # w_t back from the copy the worker reads
+        if self._targets is not self._params:
+            restore_(self._targets, self._published)  # w_t back from the copy the worker reads
+        else:
+            with torch.no_grad():
+                restore_(self._targets, self._published)
         self._perturbed = False
         self.perturb_ms += (time.perf_counter() - start) * 1e3
 

@@ -243,7 +243,8 @@ class SharpnessAwareStrategy(DDPStrategy):
     def _restore(self) -> None:
         if self._perturbed:
             start = time.perf_counter()
-            restore_(self._params, self._backup)
+            with torch.no_grad():
+                restore_(self._params, self._backup)
             self._perturbed = False
             self.perturb_ms += (time.perf_counter() - start) * 1e3
 
