@@ -123,7 +123,7 @@ def test_the_worker_delivers_e_or_g(rho) -> None:
 def test_the_mailbox_orders_steps_and_results_across_processes() -> None:
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # spawned workers carry it in the slow tests (test_launchers.py, test_reliability.py)
     box = Mailbox(ctx)
     proc = ctx.Process(target=_echo, args=(box, 5), daemon=True)
     proc.start()
