@@ -68,10 +68,11 @@ parameters in Python, no Lightning ``log``, and no Lightning callback hook (the 
 callbacks have none per batch, :mod:`lightning_asyncsam.batch_free`); the diagnostics go to the
 loggers directly, and only on the steps that log. ``asyncsam/overhead_ms`` reports this time;
 benchmarks/overhead.py checks it against the difference to SGD, side by side. Measured on this
-project's quiet 2-core VM (digits recipe, b = 32): 0.18 ms per step, of which publishing ~0.04,
-the batch hand-over ~0.02, perturb ~0.02 and restore ~0.03; most of the rest is Python run cold
-in the middle of a step (each call and each tensor operation costs several times what it costs in
-a tight loop) and memory that the other core wrote last.
+project's quiet 2-core VM (digits recipe, b = 32): 0.18-0.19 ms per step, of which publishing
+0.035, the batch hand-over 0.018, collecting e 0.008, perturb 0.017 and restore 0.02; 309 Python
+calls per step more than SGD's. The rest is Python run cold in the middle of a step (each call and
+each tensor operation costs several times what it costs in a tight loop) and memory that the other
+core wrote last.
 """
 
 from __future__ import annotations
