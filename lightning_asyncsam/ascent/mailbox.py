@@ -14,11 +14,11 @@ So that the trainer's post finds no sleeper to wake, the worker polls (``sem_try
 :data:`NAP_S` seconds, napping in between, for a while after it delivers a gradient, before it
 blocks on the semaphore: twice the recent wait between delivering a gradient and receiving the
 next step, at most :data:`SPIN_MAX_S`. A nap is a timer on the worker's own core; the trainer's
-post then wakes nobody. Not a busy spin: on this VM a spinning core sometimes slowed the trainer's
-core by up to 30% (the two vCPUs share the host's cores or its turbo budget; see
-``benchmarks/core_contention.py``), and beside a GPU it would take a core from the data loaders.
-The price is that the ascent starts up to about 0.1 ms late (a nap and the timer's slack), which
-the system-aware b' absorbs.
+post then wakes nobody. Not a busy spin, which would hold a core for nothing (beside a GPU, one
+that the data loaders want); a napping neighbour left SGD's digits epoch unchanged on this VM
+(``benchmarks/core_contention.py``, ``results/core_contention_cpu.txt``). The price is that the
+ascent starts up to about 0.1 ms late (a nap and the timer's slack), which the system-aware b'
+absorbs.
 
 Anything other than a step's numbers (a batch layout, the trainer stand-in's changes, a stop, an
 error's traceback) still goes through the pipe: the step's numbers say how many such messages
