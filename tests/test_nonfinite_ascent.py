@@ -9,22 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from lightning_asyncsam import AsyncSAMStrategy
-from tiny import TinyClassifier, loader, make_data, trainer
+from tiny import FiniteOnlyClassifier, loader, make_data, trainer
 
 B, B_ASCENT = 32, 8
-
-
-class DropsNonFinite(TinyClassifier):
-    """Its training_step filters non-finite samples; its ascent_loss does not (the issue's repro)."""
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        keep = torch.isfinite(x).all(dim=1)
-        return F.cross_entropy(self(x[keep]), y[keep])
-
-    def ascent_loss(self, batch):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
 
 
 def _corrupt_data():
@@ -35,7 +22,7 @@ def _corrupt_data():
 
 def _fit(strategy):
     t = trainer(strategy, max_epochs=2, log_every_n_steps=1)
-    model = DropsNonFinite()
+    model = FiniteOnlyClassifier()
     t.fit(model, loader(_corrupt_data(), B))
     return t, model
 

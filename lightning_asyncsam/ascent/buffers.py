@@ -110,10 +110,7 @@ class FlatTensors:
         target_flats = self._staging if on_staging else self._flats
         prefixes = self.__dict__.get("_prefixes")
         if prefixes is None or prefixes[0] != (count, on_staging):
-            sizes = [0] * len(self._flats)
-            for slot in self._slots[:count]:
-                sizes[slot.group] += slot.numel
-            prefixes = ((count, on_staging), [f[:n] for f, n in zip(target_flats, sizes) if n])  # type: ignore[union-attr]
+            prefixes = ((count, on_staging), self._prefixes_of(target_flats, count))  # type: ignore[arg-type]
             self.__dict__["_prefixes"] = prefixes
         torch._foreach_copy_(prefixes[1], list(flats))
         if rest:
@@ -125,7 +122,9 @@ class FlatTensors:
 
     def prefix_flats(self, count: int) -> list[Tensor]:
         """The part of each flat that holds the first ``count`` tensors, on the main device (staging, else host)."""
-        flats = self.device_flats()
+        return self._prefixes_of(self.device_flats(), count)
+
+    def _prefixes_of(self, flats: Sequence[Tensor], count: int) -> list[Tensor]:
         sizes = [0] * len(self._flats)
         for slot in self._slots[:count]:
             sizes[slot.group] += slot.numel

@@ -127,7 +127,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.lookahead: LookaheadLoader | None = None
         self._sync: AsyncSAMCallback | None = None
         self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
-        self._own_backup: list[Tensor] = []   # the base's backup, for a perturbation without a published w_t
         self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
         self._flat: FlatParameters | None = None     # the trainable parameters in one buffer per dtype, during a fit
         self._direction_flats: list[Tensor] = []     # e as one flat per dtype (what self.direction's views alias)
@@ -163,7 +162,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     def setup(self, trainer: "pl.Trainer") -> None:
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
-            self._own_backup = self._backup
             self._check_loss_source()
             self._adaptive_flags = self._asam_flags()
             self._plain_transfer = None
@@ -306,12 +304,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             return
         direction = grads.to_device()
         self._direction_flats = grads.device_flats()
-        if scaled:
-            pass
-        elif self.adaptive:
+        if not scaled and self.adaptive:
             adaptive_ascent_step_(direction, self._params, self._adaptive_flags, self.rho, self.eta)
-        else:
-            scale_to_radius_(direction, self.rho, storage=grads.device_flats())
+        elif not scaled:
+            scale_to_radius_(direction, self.rho, storage=self._direction_flats)
         self.direction = direction
 
     def publish(self, worker: AscentWorker) -> None:
@@ -334,7 +330,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def _perturb(self, step: Sequence[Tensor]) -> None:
         if self._published is None:  # no w_t published this step (e.g. a custom loop): the base's copy
-            self._backup = self._own_backup
             super()._perturb(step)
             return
         start = time.perf_counter()
@@ -379,8 +374,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         worker, sync = self.worker, self._sync
         if worker is not None and sync is not None:
             trainer = self.lightning_module.trainer  # type: ignore[union-attr]
-            if not sync.synced(trainer.global_step):  # the first micro-batch of this optimizer step
-                sync.synchronize(trainer, self, worker, batch, batch_idx)
+            step = trainer.global_step
+            if not sync.synced(step):  # the first micro-batch of this optimizer step
+                sync.synchronize(trainer, self, worker, batch, batch_idx, step)
         return self.direction
 
     @classmethod
