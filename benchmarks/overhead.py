@@ -63,8 +63,10 @@ class EpochClock(L.Callback):
         self.steps: list[int] = []
         self.overhead_ms: list[float] = []
         self.wait_ms: list[float] = []
+        self.step_s: list[list[float]] = []  # per epoch: each step's wall-clock, batch start to batch start
         self._start = (0.0, 0.0, 0.0, 0.0)
         self._steps_start = 0
+        self._marks: list[float] = []
 
     def _totals(self, trainer: L.Trainer) -> tuple[float, float]:
         sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
@@ -75,10 +77,15 @@ class EpochClock(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps_start = trainer.global_step
+        self._marks = []
         self._start = (*self._totals(trainer), time.thread_time(), time.perf_counter())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._marks.append(time.perf_counter())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         wall, cpu = time.perf_counter(), time.thread_time()
+        self.step_s.append([b - a for a, b in zip(self._marks, self._marks[1:])])
         overhead, wait = self._totals(trainer)
         self.epochs.append(wall - self._start[3])
         self.cpu.append(cpu - self._start[2])
@@ -114,6 +121,11 @@ def fit(algorithm: str, epochs: int, seed: int, log_dir: str, extra: list[L.Call
 def steady(values: list[float]) -> float:
     """The median of epochs 2..N: the first epoch holds the worker's start-up."""
     return statistics.median(values[1:])
+
+
+def steady_step(step_s: list[list[float]]) -> float:
+    """The median step of epochs 2..N: robust to the VM's slow spells shorter than half a fit."""
+    return statistics.median(d for epoch in step_s[1:] for d in epoch)
 
 
 class Profiled(L.Callback):
@@ -155,6 +167,8 @@ def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], ste
     sgd = [run["steady_epoch_s"] for run in sgd_runs]
     asam = [run["steady_epoch_s"] for run in runs]
     per_step = [(a - s) / steps_per_epoch * 1e3 for a, s in zip(asam, sgd)]
+    step_sgd = [run["median_step_s"] for run in sgd_runs]
+    step_asam = [run["median_step_s"] for run in runs]
     cpu_per_step = [(a["steady_cpu_s"] - s["steady_cpu_s"]) / steps_per_epoch * 1e3 for a, s in zip(runs, sgd_runs)]
     return {
         "asyncsam_epoch_s": statistics.median(asam),
@@ -167,6 +181,9 @@ def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], ste
         "wait_ms_per_step": statistics.median(run["wait_ms_per_step"] for run in runs),
         "added_cpu_ms_per_step": statistics.median(cpu_per_step),
         "added_cpu_ms_per_step_range": [min(cpu_per_step), max(cpu_per_step)],
+        "median_step_ms": statistics.median(step_asam) * 1e3,
+        "median_step_ratio_paired": statistics.median(a / s for a, s in zip(step_asam, step_sgd)),
+        "median_step_added_ms": statistics.median((a - s) * 1e3 for a, s in zip(step_asam, step_sgd)),
     }
 
 
@@ -206,6 +223,7 @@ def main() -> None:
                     "steps_per_epoch": clock.steps[1],
                     "steady_epoch_s": steady(clock.epochs),
                     "steady_cpu_s": steady(clock.cpu),
+                    "median_step_s": steady_step(clock.step_s),
                     "overhead_ms_per_step": sum(clock.overhead_ms[1:]) / steps,
                     "wait_ms_per_step": sum(clock.wait_ms[1:]) / steps,
                 })
@@ -218,7 +236,10 @@ def main() -> None:
         summary[arm] = _arm_summary(runs[arm], runs["sgd"], steps_per_epoch)
     env = environment()
     rng = lambda xs, scale=1e3: f"{min(xs) * scale:.1f}-{max(xs) * scale:.1f}"  # noqa: E731
-    rows = [f"| SGD | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | | |"]
+    sgd_step = statistics.median(run["median_step_s"] for run in runs["sgd"])
+    summary["sgd_median_step_ms"] = sgd_step * 1e3
+    rows = [f"| SGD | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | | | "
+            f"{sgd_step * 1e3:.3f} ms | |"]
     for arm, n in zip(arms[1:], sizes):
         a = summary[arm]
         rows.append(
@@ -226,16 +247,18 @@ def main() -> None:
             f"{a['ratio']:.3f} | {a['ratio_paired']:.3f} | {a['added_ms_per_step']:.3f} ms "
             f"({rng(a['added_ms_per_step_range'], 1)}) | {a['wait_ms_per_step']:.3f} ms | "
             f"{a['added_cpu_ms_per_step']:.3f} ms ({rng(a['added_cpu_ms_per_step_range'], 1)}) | "
-            f"{a['overhead_metric_ms_per_step']:.3f} ms |")
+            f"{a['overhead_metric_ms_per_step']:.3f} ms | {a['median_step_ms']:.3f} ms | "
+            f"{a['median_step_ratio_paired']:.3f} ({a['median_step_added_ms']:+.3f} ms) |")
     table = "\n".join([
         f"Digits recipe (digits_cnn, b = 32, {steps_per_epoch} steps an epoch), trainer and worker at 1 thread "
         f"each; {args.repeats} repetitions of {args.epochs} epochs, the arms interleaved; steady-state epoch = "
         "median of epochs 2..N of a fit; median over repetitions (range). x SGD, paired: the median of each "
-        "repetition's ratio.",
+        "repetition's ratio. Median step: the median wall-clock of a step (batch start to batch start) over "
+        "epochs 2..N of a fit, median over repetitions; its x SGD is paired.",
         "",
         "| | steady-state epoch | x SGD | x SGD, paired | added wall per step | of which waiting for the worker "
-        "| added trainer-thread CPU per step | `asyncsam/overhead_ms` |",
-        "|---|---|---|---|---|---|---|---|",
+        "| added trainer-thread CPU per step | `asyncsam/overhead_ms` | median step | median step x SGD, paired |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         environment_markdown(env),

@@ -82,8 +82,17 @@ def test_rule_state_travels_through_a_checkpoint(tmp_path) -> None:
 
 
 def test_the_rule_state_callback_is_connected_once() -> None:
-    t = trainer(SAMStrategy(), max_epochs=1)
+    t = trainer(_Counting(), max_epochs=1)
     model = TinyClassifier()
     t.fit(model, loader(make_data(dtype=torch.float32), 8))
     t.fit(model, loader(make_data(dtype=torch.float32), 8))
     assert sum(isinstance(c, RuleStateCallback) for c in t.callbacks) == 1
+
+
+@pytest.mark.parametrize("make", [SAMStrategy, lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1)],
+                         ids=["sam", "asyncsam"])
+def test_a_rule_without_state_connects_no_rule_state_callback(make) -> None:
+    """Lightning looks up every callback's hooks on every batch: a rule with nothing to save adds none."""
+    t = trainer(make(), max_epochs=1)
+    t.fit(TinyClassifier(), loader(make_data(dtype=torch.float32), 8))
+    assert not any(isinstance(c, RuleStateCallback) for c in t.callbacks)

@@ -12,6 +12,7 @@ MODULES = [
     "batch_free",
     "ascent.mailbox",
     "ascent.flat_params",
+    "ascent.mirror",
     "strategies.state",
     "functional",
     "ascent.autotune",

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.profilers import PassThroughProfiler
 from torch.nn import functional as F
 
-from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, SAMStrategy
+from lightning_asyncsam import AsyncSAMCallback, AsyncSAMStrategy, LookSAMStrategy
 from lightning_asyncsam.ascent.mailbox import Mailbox
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.batch_free import PER_BATCH_HOOKS, BatchFreeCallback
@@ -29,8 +29,8 @@ class ActionRecorder(PassThroughProfiler):
         self.actions.append(action_name)
 
 
-@pytest.mark.parametrize("make", [lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), SAMStrategy],
-                         ids=["asyncsam", "sam"])
+@pytest.mark.parametrize("make", [lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), LookSAMStrategy],
+                         ids=["asyncsam", "looksam"])
 def test_lightning_calls_the_strategy_callbacks_on_no_batch(make) -> None:
     profiler = ActionRecorder()
     t = L.Trainer(strategy=make(), accelerator="cpu", devices=1, max_epochs=2,
@@ -39,7 +39,7 @@ def test_lightning_calls_the_strategy_callbacks_on_no_batch(make) -> None:
     data = make_data(n=32, dtype=torch.float32)
     t.fit(TinyClassifier(), loader(data, 8))
     ours = [c.state_key for c in t.callbacks if isinstance(c, BatchFreeCallback)]
-    assert "RuleStateCallback" in ours
+    assert ours and set(ours) <= {"AsyncSAMCallback", "RuleStateCallback"}, ours
     called = {a.split(".", 1)[1] for a in profiler.actions if any(a.startswith(f"[Callback]{k}.") for k in ours)}
     assert "on_train_start" in called and "setup" in called  # the fit's hooks still reach them
     assert not called & set(PER_BATCH_HOOKS), called & set(PER_BATCH_HOOKS)
@@ -55,7 +55,8 @@ def test_a_user_callback_keeps_its_batch_hooks() -> None:
     t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, callbacks=[Counting()])
     t.fit(TinyClassifier(), loader(make_data(n=32, dtype=torch.float32), 8))
     assert seen == [0, 1, 2, 3]
-    assert {type(c) for c in t.callbacks} >= {AsyncSAMCallback, RuleStateCallback}
+    assert AsyncSAMCallback in {type(c) for c in t.callbacks}
+    assert RuleStateCallback not in {type(c) for c in t.callbacks}  # AsyncSAM's rule keeps no state of its own
 
 
 def test_asyncsam_restores_from_the_published_weights_in_flat_buffers() -> None:
@@ -203,3 +204,66 @@ def test_the_per_tensor_path_follows_the_flat_path_step_by_step(adaptive) -> Non
     assert len(flat) == len(strided)
     for a, b in zip(flat, strided):
         assert all(torch.allclose(x, y, atol=1e-12, rtol=0) for x, y in zip(a, b))
+
+
+def test_the_worker_mirrors_what_a_training_forward_reads() -> None:
+    """BatchNorm's running statistics are only written in training mode: not published. Other buffers are."""
+
+    class RenormLike(torch.nn.BatchNorm1d):  # a subclass may read its statistics in training mode
+        pass
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+            self.bn = torch.nn.BatchNorm1d(3)
+            self.renorm = RenormLike(3)
+            self.register_buffer("scale", torch.ones(3))
+
+    net = Net()
+    worker = AscentWorker(net, list(net.parameters()), "cpu", threads=1, capacity=2)
+    try:
+        mirrored = set(worker.weight_names)
+        assert {"scale", "renorm.running_mean", "renorm.running_var", "renorm.num_batches_tracked"} <= mirrored
+        assert not {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked"} & mirrored
+        assert set(worker.grad_names) == {n for n, _ in net.named_parameters()}
+    finally:
+        worker.close()
+
+
+class _ManualTiny(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def ascent_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = self.ascent_loss(batch)
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
+@pytest.mark.parametrize("make", [TinyClassifier, _ManualTiny], ids=["automatic", "manual"])
+def test_the_step_counter_read_directly_is_the_global_step(make) -> None:
+    """optimizer_steps() reads Lightning's progress counters: it must say what trainer.global_step says."""
+    from lightning_asyncsam.logging_steps import optimizer_steps
+
+    seen: list[tuple[int, int]] = []
+
+    class Compare(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append((optimizer_steps(trainer), trainer.global_step))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append((optimizer_steps(trainer), trainer.global_step))
+
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Compare()])
+    t.fit(make(), loader(make_data(n=32, dtype=torch.float32), 8))
+    assert len(seen) == 16 and all(a == b for a, b in seen), seen
+    assert seen[-1][1] == 8

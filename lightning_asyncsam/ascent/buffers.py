@@ -92,12 +92,13 @@ class FlatTensors:
         else:
             torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
 
-    @torch.no_grad()
     def copy_from_flats(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> None:
-        """Write the first ``count`` tensors from ``flats`` and the others from ``rest``.
+        """Write the first ``count`` tensors from ``flats`` and the others from ``rest``, in one call.
 
         ``flats`` hold those ``count`` tensors laid out as here (one per dtype, in the order of
-        their dtypes' first appearance): each is one copy, however many tensors it holds.
+        their dtypes' first appearance): each is one copy, however many tensors it holds. The pairs
+        of targets and sources are built once per (``flats``, ``count``, ``rest``): the caller
+        passes the same list objects every step.
 
         Example::
 
@@ -106,17 +107,25 @@ class FlatTensors:
             >>> [v.tolist() for v in flat.views()]
             [[0.0, 1.0], [2.0, 3.0, 4.0], [9.0]]
         """
-        on_staging = self._staging is not None and flats[0].device == self._staging[0].device
-        target_flats = self._staging if on_staging else self._flats
-        prefixes = self.__dict__.get("_prefixes")
-        if prefixes is None or prefixes[0] != (count, on_staging):
-            prefixes = ((count, on_staging), self._prefixes_of(target_flats, count))  # type: ignore[arg-type]
-            self.__dict__["_prefixes"] = prefixes
-        torch._foreach_copy_(prefixes[1], list(flats))
-        if rest:
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[0] is not flats or plan[1] is not rest or plan[2] != count:
+            on_staging = self._staging is not None and flats[0].device == self._staging[0].device
+            targets = self._prefixes_of(self._staging if on_staging else self._flats, count)  # type: ignore[arg-type]
             views = self._staging_views if on_staging else self.views()
-            torch._foreach_copy_(views[count:], list(rest))
-        if on_staging:
+            plan = (flats, rest, count, targets + views[count:], list(flats) + list(rest), on_staging)
+            self.__dict__["_plan"] = plan
+        # Autograd off where a source may require grad (one of ``rest``: a parameter outside the
+        # optimizers), by the switch itself: torch.no_grad()'s context manager costs several Python
+        # calls more, every step. The flats never require grad.
+        grad = bool(rest) and torch.is_grad_enabled()
+        if grad:
+            torch._C._set_grad_enabled(False)
+        try:
+            torch._foreach_copy_(plan[3], plan[4])
+        finally:
+            if grad:
+                torch._C._set_grad_enabled(True)
+        if plan[5]:
             for flat, staged in zip(self._flats, self._staging):  # type: ignore[arg-type]
                 flat.copy_(staged, non_blocking=self._pinned)
 
@@ -138,6 +147,7 @@ class FlatTensors:
             share_with: another ``FlatTensors`` of the same layout whose staging copy this one
                 reuses (the two gradient buffers are never on the device at the same time).
         """
+        self.__dict__.pop("_plan", None)
         if share_with is not None and share_with._staging is not None:
             self._staging = share_with._staging
         else:
@@ -165,6 +175,10 @@ class FlatTensors:
         for staged, flat in zip(self._staging, self._flats):
             staged.copy_(flat, non_blocking=self._pinned)
         return self._staging_views
+
+    def on_device(self) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`to_device` and :meth:`device_flats` in one call: (the views, the flats they alias)."""
+        return self.to_device(), self._flats if self._staging is None else self._staging
 
     def device_views(self) -> list[Tensor]:
         """The views of what :meth:`copy_from` last wrote, on the device it came from (the staging copy, else the host views)."""
@@ -212,6 +226,7 @@ class FlatTensors:
         self._pinned = True
 
     def unpin(self) -> None:
+        self.__dict__.pop("_plan", None)
         self._staging, self._staging_views = None, []
         if self._pinned:
             cudart = torch.cuda.cudart()
@@ -222,7 +237,7 @@ class FlatTensors:
     def __getstate__(self) -> dict[str, Any]:
         # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
         return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False, "_staging": None,
-                "_staging_views": [], "_prefixes": None}
+                "_staging_views": [], "_plan": None}
 
 
 class BatchSlot:
@@ -257,6 +272,10 @@ class BatchSlot:
         self.layout: tuple[TreeSpec, list[Any], list[Tensor | None]] | None = None
         self._targets: list[Tensor | None] = []  # views of the buffers' first _targets_n rows
         self._targets_n = -1
+        # The last write, for the next one's O(1) check: (type, n asked for, size, [(dtype, shape) per
+        # leaf], whether every leaf has a buffer), kept where the batch is a tensor or a flat tuple or
+        # list of tensors; None otherwise.
+        self._last: tuple[type, int, int, list[tuple[torch.dtype, torch.Size]], bool] | None = None
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
 
@@ -286,6 +305,30 @@ class BatchSlot:
         Returns:
             True when the layout changed, so that the caller must send ``self.layout`` to the worker.
         """
+        kind = type(batch)
+        plain = batch if kind is tuple or kind is list else (batch,) if kind is Tensor else None
+        last = self._last
+        if plain is not None and last is not None and last[0] is kind and last[1] == n and len(plain) == len(last[3]):
+            # The common case, a batch shaped like the last one: no walk, no key, cached slices.
+            same = True
+            try:
+                for x, (dtype, shape) in zip(plain, last[3]):
+                    if x.dtype is not dtype or x.shape != shape or x.requires_grad:
+                        same = False
+                        break
+            except AttributeError:  # a leaf that is not a tensor
+                same = False
+            if same:
+                rows = self.n
+                if rows == last[2] and last[4]:  # whole tensors, each with a buffer: one call copies them all
+                    torch._foreach_copy_(self._targets, plain)
+                    return False
+                for x, dst in zip(plain, self._targets):
+                    if dst is not None:
+                        dst.copy_(x[:rows] if rows < last[2] else x)
+                return False
+        self._last = None
+        requested = n
         leaves, structure = self._flatten(batch)
         size = self.batch_size(leaves)
         self.capacity = max(self.capacity, size)
@@ -310,9 +353,12 @@ class BatchSlot:
             self._targets_n = n
         for x, dst in zip(leaves, self._targets):
             if dst is not None:
-                if x.requires_grad:  # detach, not a no_grad context: it costs a few microseconds per call
+                if x.requires_grad:
                     x = x.detach()
                 dst.copy_(x if n == size else x[:n])
+        if plain is not None and all(isinstance(x, Tensor) for x in plain):
+            every_leaf_copied = all(dst is not None for dst in self._targets)
+            self._last = (kind, requested, size, [(x.dtype, x.shape) for x in plain], every_leaf_copied)
         self.size, self.n = size, n
         return changed
 

@@ -63,6 +63,7 @@ class AscentHost(Protocol):
     direction: Sequence[Tensor] | None
     _params: list[Tensor]
     perturb_ms: float
+    added_ms: float
     rho: float
 
     @property
@@ -72,6 +73,8 @@ class AscentHost(Protocol):
     def threads(self) -> int: ...
 
     def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None: ...
+
+    def take_added_ms(self) -> float: ...
 
     def publish(self, worker: AscentWorker) -> None: ...
 
@@ -102,6 +105,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._trainer_ref: "pl.Trainer | None" = None  # state_dict() gets no trainer argument
         self._worker: AscentWorker | None = None       # the worker the cached value below belongs to
         self._on_cuda = False                          # the main process computes on a GPU
+        self._delivers_step = False                    # the worker delivers e, not g
         self._announced = False
         self._log_step = False  # whether this optimizer step's diagnostics reach the loggers
         # The latest diagnostics, as plain attributes: a dict is built only when they are logged.
@@ -133,27 +137,31 @@ class AsyncSAMCallback(BatchFreeCallback):
             batch_idx: this micro-batch's index in the epoch.
             step: ``trainer.global_step``, where the caller has already read it.
         """
-        start = time.perf_counter()
+        start = time.perf_counter() if self._tuner is not None else 0.0  # the end of the worker's window
         if step is None:
             step = trainer.global_step
         self._log_step = logs_now(trainer)
-        if self._worker is not worker:  # a new worker (a new fit): where the main process computes
+        if self._worker is not worker:  # a new worker (a new fit): where the main process computes, what it delivers
             self._worker = worker
             self._on_cuda = strategy.root_device.type == "cuda"
+            self._delivers_step = worker.delivers_step
         wait_ms = 0.0
         direction = None
-        scaled = worker.delivers_step
-        if worker.in_flight is not None:
-            if worker.in_flight == step - 1:
-                if not worker.ready():
+        scaled = self._delivers_step
+        in_flight = worker.in_flight
+        if in_flight is not None:
+            if in_flight == step - 1:
+                result = worker.take()
+                if result is None:
                     wait_start = time.perf_counter()
                     result = worker.collect()
                     wait_ms = (time.perf_counter() - wait_start) * 1e3
-                else:
-                    result = worker.collect()
-                self._after_ascent(strategy, result.ascent_ms, result.grad_norm, result.samples, start)
+                    strategy.added_ms -= wait_ms  # the worker's pace, not the trainer's work: wait_ms
+                self._ascent_ms, self._grad_norm = result.ascent_ms, result.grad_norm
+                if self._tuner is not None:
+                    self._after_ascent(strategy, result.ascent_ms, result.samples, start)
                 if math.isfinite(result.grad_norm):
-                    direction = worker.grads[(step - 1) % 2]
+                    direction = worker.grads[in_flight % 2]
                 else:
                     self._skip(strategy)
             else:
@@ -170,31 +178,32 @@ class AsyncSAMCallback(BatchFreeCallback):
         ascent_batch = strategy.cpu_batch
         if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
             ascent_batch = batch
-        # b is the full batch size: a short last batch of an epoch neither rejects nor retunes b'.
-        b = self._full_batch = max(self._full_batch, BatchSlot.batch_size(ascent_batch))
+        # b is the full batch size, the largest seen (the batch slot measures each batch it takes):
+        # a short last batch of an epoch neither rejects nor retunes b'.
+        b = self._full_batch
+        if not b:
+            b = self._full_batch = BatchSlot.batch_size(ascent_batch)
         if strategy.ascent_data == "next":
             upcoming = strategy.next_step_batch()
-            ascent_batch = upcoming if upcoming is not None else ascent_batch
+            if upcoming is not None:
+                ascent_batch = upcoming
         n = self._ascent_size(strategy, b)
         strategy.publish(worker)
         if self._on_cuda:
             torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
         worker.submit(step, ascent_batch, n, batch_idx)
+        slot = worker.slot
+        if slot.size > b:
+            self._full_batch = slot.size
         self._synced_step = step
         self._wait_ms = wait_ms
         self.wait_total_ms += wait_ms
-        self._n = float(min(n, worker.slot.size))
-        self._submitted_at = end = time.perf_counter()
-        self._add_overhead((end - start) * 1e3 - wait_ms)
-        self._window_steps += 1
+        self._n = float(slot.n)
+        self._submitted_at = time.perf_counter()
 
     def synced(self, step: int) -> bool:
         """Whether optimizer step ``step`` was synchronized (a later micro-batch of it needs nothing)."""
         return self._synced_step == step
-
-    def _add_overhead(self, ms: float) -> None:
-        self._window_ms += ms
-        self.overhead_total_ms += ms
 
     def _skip(self, strategy: AscentHost) -> None:
         """A non-finite ``g_{t-1}`` is never applied: the step runs unperturbed, counted and warned about."""
@@ -220,9 +229,8 @@ class AsyncSAMCallback(BatchFreeCallback):
             raise ValueError(f"ascent_batch_size={spec!r} is not allowed: it must be <= the batch size b={b}")
         return int(spec)  # type: ignore[arg-type]
 
-    def _after_ascent(self, strategy: AscentHost, ascent_ms: float, norm: float, samples: int,
-                      now: float) -> None:
-        self._ascent_ms, self._grad_norm = ascent_ms, norm
+    def _after_ascent(self, strategy: AscentHost, ascent_ms: float, samples: int, now: float) -> None:
+        """Feed the system-aware b' (``"auto"``) the step's window and the worker's time."""
         if self._tuner is not None and strategy.ascent_batch_size == "auto":
             window_ms = (now - self._submitted_at) * 1e3
             if self._tuner.observe(window_ms, ascent_ms, samples) and not self._announced:
@@ -241,36 +249,35 @@ class AsyncSAMCallback(BatchFreeCallback):
         """
         if not self._log_step:
             return
-        start = time.perf_counter()
         direction = strategy.direction
         self._cos = None
         if direction is not None:
             pairs = [(d, p.grad) for d, p in zip(direction, strategy._params) if p.grad is not None]
             if pairs:
                 self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
-        self._add_overhead((time.perf_counter() - start) * 1e3)
 
     def end_step(self, trainer: "pl.Trainer", strategy: AscentHost) -> None:
-        """After the optimizer step: account perturb and restore, and hand the diagnostics to the loggers on a logging step.
+        """After the optimizer step: account the step's cost, and hand the diagnostics to the loggers on a logging step.
 
         Called by the strategy's ``optimizer_step``, once per synchronized optimizer step (a
         manual ``training_step`` that steps twice ends it once), at the step at which Lightning
-        logs its own values of this batch.
+        logs its own values of this batch. The strategy counts the time of this call itself in the
+        next window.
         """
-        step = trainer.global_step  # not yet incremented: Lightning counts the step after this returns
-        if self._synced_step != step or self._ended_step == step:
+        if self._ended_step == self._synced_step:
             return
-        self._ended_step = step
+        self._ended_step = self._synced_step
         perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
         self._perturb_ms = perturb_ms
-        self._add_overhead(perturb_ms)
+        added = strategy.take_added_ms()
+        self._window_ms += added
+        self.overhead_total_ms += added
+        self._window_steps += 1
         if not self._log_step:
             return
-        start = time.perf_counter()
-        self._overhead_ms = self._window_ms / max(1, self._window_steps)
+        self._overhead_ms = self._window_ms / self._window_steps
         self._window_ms, self._window_steps = 0.0, 0
         publish_metrics(trainer, self.metrics)
-        self._add_overhead((time.perf_counter() - start) * 1e3)  # counted in the next window
 
     def _values(self) -> dict[str, Any]:
         values: dict[str, Any] = {

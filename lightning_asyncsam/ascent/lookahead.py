@@ -12,6 +12,7 @@ The lookahead stops at the end of an epoch: the last step of an epoch has no "ne
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -40,26 +41,42 @@ class LookaheadLoader:
         self.__dict__["_loader"] = loader
         self.__dict__["_depth"] = depth
         self.__dict__["_queue"] = deque()
+        # The wrapper's own time per batch, from the wrapped loader's answer to the batch's hand-over
+        # (the generator's switches around it cannot be timed from inside).
+        self.__dict__["added_ms"] = 0.0
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self._loader)
         queue: deque = deque()
         self.__dict__["_queue"] = queue
+        depth = self._depth
         exhausted = False
         while True:
-            while not exhausted and len(queue) < self._depth + 1:
+            while not exhausted and len(queue) <= depth:
                 try:
-                    queue.append(next(it))
+                    batch = next(it)
                 except StopIteration:
                     exhausted = True
+                    break
+                start = time.perf_counter()  # from here on, the wrapper's own time (the loader's is not)
+                queue.append(batch)
             if not queue:
                 return
-            yield queue.popleft()
+            batch = queue.popleft()
+            if not exhausted:
+                self.__dict__["added_ms"] += (time.perf_counter() - start) * 1e3
+            yield batch
 
     def peek(self, k: int) -> Any:
         """The batch ``k`` positions after the one last yielded, or None past the end of the epoch."""
         queue = self._queue
         return queue[k - 1] if 1 <= k <= len(queue) else None
+
+    def take_added_ms(self) -> float:
+        """The time, in ms, that the lookahead itself added to the batches since the last call."""
+        added = self.__dict__["added_ms"]
+        self.__dict__["added_ms"] = 0.0
+        return added
 
     def __len__(self) -> int:
         return len(self._loader)  # type: ignore[arg-type]

@@ -67,18 +67,14 @@ class Mailbox:
         self._shared = torch.zeros(8, dtype=torch.float64).share_memory_()
         self.work = ctx.Semaphore(0)  # the trainer posted a step (or a stop)
         self.done = ctx.Semaphore(0)  # the worker posted a result (or sent an error through the pipe)
-        self._numbers: Any = None
-
-    @property
-    def _slots(self) -> Any:
-        # A ctypes view of the shared tensor: a number costs ~0.1 microseconds to read or write, a
-        # tensor element several. Built lazily: the address differs in each process.
-        if self._numbers is None:
-            self._numbers = (ctypes.c_double * 8).from_address(self._shared.data_ptr())
-        return self._numbers
+        self._slots = _numbers(self._shared)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_shared": self._shared, "work": self.work, "done": self.done, "_numbers": None}
+        return {"_shared": self._shared, "work": self.work, "done": self.done}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._slots = _numbers(self._shared)  # the shared memory's address in this process
 
     # ----------------------------------------------------------------- the trainer's side
     def post_step(self, step: int, n: int, batch_idx: int, messages: int) -> None:
@@ -135,6 +131,12 @@ class Mailbox:
     def wake(self) -> None:
         """Wake a trainer that waits for a result (the worker sent an error through the pipe)."""
         self.done.release()
+
+
+def _numbers(shared: torch.Tensor) -> Any:
+    # A ctypes view of the shared tensor: a number costs ~0.1 microseconds to read or write, a
+    # tensor element several.
+    return (ctypes.c_double * 8).from_address(shared.data_ptr())
 
 
 def spin_budget(previous: float, wait_s: float) -> float:

@@ -90,13 +90,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
+from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
 from lightning_asyncsam.functional import EPS
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
@@ -132,9 +133,8 @@ class WorkerSpec:
     rho: float | None = None  # set: the worker delivers e = rho g / ||g|| (Eq. 3) instead of g
 
 
-@dataclass(frozen=True)
-class AscentResult:
-    """What the worker reports for one step."""
+class AscentResult(NamedTuple):
+    """What the worker reports for one step (a named tuple: built once per step, in a fraction of a microsecond)."""
 
     step: int
     ascent_ms: float
@@ -190,13 +190,6 @@ def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
             if name == "__mp_main__" or (getattr(m, "__spec__", None) is None and name != "builtins"):
                 out[name] = m
     return list(out.values())
-
-
-def named_tensors(module: nn.Module) -> dict[str, Tensor]:
-    """Parameters and buffers by name: the state the worker mirrors each step."""
-    out: dict[str, Tensor] = dict(module.named_parameters())
-    out.update(dict(module.named_buffers()))
-    return out
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors],
@@ -323,7 +316,7 @@ class AscentWorker:
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
                  nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None) -> None:
-        tensors = named_tensors(module)
+        tensors = mirrored_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
         if missing:
@@ -334,6 +327,7 @@ class AscentWorker:
         trainable = set(self.grad_names)
         self.weight_names = self.grad_names + tuple(n for n in tensors if n not in trainable)
         self._weight_sources = [tensors[n] for n in self.weight_names]
+        self._rest_sources = self._weight_sources[len(self.grad_names):]  # the same list every step (see publish_flat)
         with torch.no_grad():
             self.weights = FlatTensors([t.detach() for t in self._weight_sources])
             self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
@@ -412,7 +406,7 @@ class AscentWorker:
 
     def publish_flat(self, flats: Sequence[Tensor]) -> None:
         """:meth:`publish`, with the trainable parameters given as flat buffers laid out as ``grads`` is (one copy per dtype)."""
-        self.weights.copy_from_flats(flats, len(self.grad_names), self._weight_sources[len(self.grad_names):])
+        self.weights.copy_from_flats(flats, len(self.grad_names), self._rest_sources)
 
     def published_flats(self) -> list[Tensor]:
         """The published ``w_t`` of the trainable parameters as one flat view per dtype, on the main device."""
@@ -435,8 +429,10 @@ class AscentWorker:
         """
         if self.in_flight is not None:
             raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
-        conn = self._require_conn()
-        self.wait_ready()
+        conn = self._conn
+        if conn is None or not self._ready:
+            conn = self._require_conn()
+            self.wait_ready()
         messages = 0
         try:
             if self.slot.write(batch, n):
@@ -451,24 +447,44 @@ class AscentWorker:
 
     def collect(self, timeout: float | None = None) -> AscentResult:
         """Wait for the step in flight and return its timing; the gradient is in ``grads[step % 2]``."""
-        if self.in_flight is None:
+        in_flight = self.in_flight
+        if in_flight is None:
             raise AscentWorkerError("AsyncSAM: collect() called with no ascent step in flight")
         if not self._result_posted:
-            self._await_result(timeout, what=f"the ascent gradient of step {self.in_flight}")
+            self._await_result(timeout, what=f"the ascent gradient of step {in_flight}")
         self._result_posted = False
-        step, ascent_ms, grad_norm, samples = self._mailbox.result()  # type: ignore[union-attr]
-        if step != self.in_flight:  # woken by a failing worker: its traceback is in the pipe
-            msg = self._recv(timeout=5.0, what=f"the ascent gradient of step {self.in_flight}")
-            raise AscentWorkerError(f"AsyncSAM ascent worker answered {msg[:2]!r} for step {self.in_flight}")
+        result = AscentResult(*self._mailbox.result())  # type: ignore[union-attr]
+        if result.step != in_flight:  # woken by a failing worker: its traceback is in the pipe
+            msg = self._recv(timeout=5.0, what=f"the ascent gradient of step {in_flight}")
+            raise AscentWorkerError(f"AsyncSAM ascent worker answered {msg[:2]!r} for step {in_flight}")
         self.in_flight = None
-        return AscentResult(step=step, ascent_ms=ascent_ms, grad_norm=grad_norm, samples=samples)
+        return result
+
+    def take(self) -> AscentResult | None:
+        """The step in flight's result if it has finished, else None: :meth:`ready` and :meth:`collect` in one call."""
+        mailbox = self._mailbox
+        if self._result_posted or (self.in_flight is not None and self._conn is not None
+                                   and mailbox.done.acquire(False)):  # type: ignore[union-attr]
+            s = mailbox._slots  # type: ignore[union-attr]  # Mailbox.result(), without its call
+            result = AscentResult(int(s[4]), s[5], s[6], int(s[7]))
+            if result.step == self.in_flight:
+                self._result_posted = False
+                self.in_flight = None
+                return result
+            self._result_posted = True  # woken by a failing worker: collect() raises its error
+            return self.collect()
+        return None
 
     def ready(self) -> bool:
         """Whether the step in flight has finished (never blocks, and no system call when it has not)."""
         if self.in_flight is None:
             return False
         if not self._result_posted:
-            self._result_posted = self._require_mailbox().take_result(0.0)
+            mailbox = self._mailbox if self._conn is not None else None
+            if mailbox is None:
+                mailbox = self._require_mailbox()
+            # The semaphore itself, not Mailbox.take_result: one call, where the trainer polls every step.
+            self._result_posted = mailbox.done.acquire(False)
         return self._result_posted
 
     def _await_result(self, timeout: float | None, what: str) -> None:
@@ -516,7 +532,10 @@ class AscentWorker:
         # The common case, nothing changed, in O(1) Python per param group: the groups' values by
         # identity (a scheduler writes a new float), not a filtered dict per group.
         try:
-            snapshot = (trainer.current_epoch, [tuple(g.values()) for o in trainer.optimizers for g in o.param_groups])
+            optimizers = trainer.optimizers
+            groups = optimizers[0].param_groups if len(optimizers) == 1 else [
+                g for o in optimizers for g in o.param_groups]
+            snapshot = (trainer.current_epoch, list(map(tuple, map(dict.values, groups))))
             if self._trainer_snapshot is not None and snapshot == self._trainer_snapshot:
                 return 0
         except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below

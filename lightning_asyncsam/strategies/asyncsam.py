@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -29,6 +29,7 @@ from lightning_asyncsam.ascent.flat_params import FlatParameters
 from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.functional import adaptive_ascent_step_, climb_, restore_, scale_to_radius_
+from lightning_asyncsam.logging_steps import optimizer_steps
 from lightning_asyncsam.strategies.base import SharpnessAwareStrategy
 from lightning_asyncsam.strategies.registry import _register
 
@@ -253,10 +254,14 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     # ----------------------------------------------------------------- data for the worker
     @override
     def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
-        module = self.lightning_module
-        if module is not None and module._trainer is not None and module._trainer.training:
+        start = time.perf_counter()
+        module = self._lightning_module
+        trainer = module._trainer if module is not None else None
+        # `is`, not `trainer.training`: that compares string enums, case-insensitively, on every batch.
+        if trainer is not None and trainer.state.stage is RunningStage.TRAINING:
             # Still on the host: the worker's slice costs no device-to-host copy.
             self.cpu_batch = batch
+        self.added_ms += (time.perf_counter() - start) * 1e3
         return super().batch_to_device(batch, device, dataloader_idx)
 
     @override
@@ -273,17 +278,29 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
         None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`).
         """
-        module = self.lightning_module
-        trainer = module.trainer  # type: ignore[union-attr]
-        raw = self.lookahead.peek(trainer.accumulate_grad_batches) if self.lookahead is not None else None
+        lookahead = self.lookahead
+        if lookahead is None:
+            return None
+        module = self._lightning_module
+        trainer = module._trainer  # type: ignore[union-attr]
+        raw = lookahead.peek(trainer.accumulate_grad_batches)  # type: ignore[union-attr]
         if raw is None:
             return None
-        if self._plain_transfer is None:
-            self._plain_transfer = _plain_transfer(trainer)
-        if self._plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
+        plain = self._plain_transfer
+        if plain is None:
+            plain = self._plain_transfer = _plain_transfer(trainer)  # type: ignore[arg-type]
+        if plain:  # what the loop would do to it is the identity: skip the hook calls
             return raw
-        batch = trainer.precision_plugin.convert_input(raw)
+        batch = trainer.precision_plugin.convert_input(raw)  # type: ignore[union-attr]
         return module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
+
+    def take_added_ms(self) -> float:
+        """The trainer-thread time, in ms, that the strategy added since the last call (its lookahead's included)."""
+        added, self.added_ms = self.added_ms, 0.0
+        lookahead = self.lookahead
+        if lookahead is not None:
+            added += lookahead.take_added_ms()
+        return added
 
     # ----------------------------------------------------------------- the perturbation
     def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None:
@@ -302,8 +319,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if grads is None:
             self.direction = None
             return
-        direction = grads.to_device()
-        self._direction_flats = grads.device_flats()
+        direction, self._direction_flats = grads.on_device()
         if not scaled and self.adaptive:
             adaptive_ascent_step_(direction, self._params, self._adaptive_flags, self.rho, self.eta)
         elif not scaled:
@@ -333,49 +349,61 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             super()._perturb(step)
             return
         start = time.perf_counter()
-        if self._targets is not self._params:
-            climb_(self._targets, self._direction_flats)  # the flat buffers never require grad
+        targets = self._targets
+        if targets is not self._params:
+            # climb_ on the flat buffers (which never require grad), one method call per dtype.
+            for flat, e in zip(targets, self._direction_flats):
+                flat.add_(e)
         else:
             with torch.no_grad():
-                climb_(self._targets, step)
+                climb_(targets, step)
         self._perturbed = True
         self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _restore(self) -> None:
-        if not (self._perturbed and self._published is not None):
-            super()._restore()  # nothing to restore, or the base's own backup
+        if not self._perturbed:
+            return
+        if self._published is None:
+            super()._restore()  # the base's own backup
             return
         start = time.perf_counter()
-        if self._targets is not self._params:
-            restore_(self._targets, self._published)  # w_t back from the copy the worker reads
+        targets = self._targets
+        if targets is not self._params:
+            # restore_ on the flat buffers: w_t back from the copy the worker reads, one call per dtype.
+            for flat, w in zip(targets, self._published):
+                flat.copy_(w)
         else:
             with torch.no_grad():
-                restore_(self._targets, self._published)
+                restore_(targets, self._published)
         self._perturbed = False
         self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _after_closure(self) -> None:
-        if self._sync is not None:
-            self._sync.after_closure(self)
+        sync = self._sync
+        if sync is not None and sync._log_step:  # the diagnostics are computed on the steps that log them
+            sync.after_closure(self)
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
                        model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
         out = super().optimizer_step(optimizer, closure, model, **kwargs)
+        start = time.perf_counter()
         self._published = None  # the weights moved on: no longer w_t
-        if self._sync is not None:
-            self._sync.end_step(self.lightning_module.trainer, self)  # type: ignore[union-attr]
+        sync = self._sync
+        if sync is not None:
+            sync.end_step(self._lightning_module._trainer, self)  # type: ignore[union-attr]
+        self.added_ms += (time.perf_counter() - start) * 1e3  # end_step's own share: in the next window
         return out
 
     @override
     def _ascent_step(self, batch: Any, batch_idx: int) -> Sequence[Tensor] | None:
         worker, sync = self.worker, self._sync
         if worker is not None and sync is not None:
-            trainer = self.lightning_module.trainer  # type: ignore[union-attr]
-            step = trainer.global_step
-            if not sync.synced(step):  # the first micro-batch of this optimizer step
+            trainer = self._lightning_module._trainer  # type: ignore[union-attr]
+            step = optimizer_steps(trainer)  # trainer.global_step
+            if sync._synced_step != step:  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
         return self.direction
 

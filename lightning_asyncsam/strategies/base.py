@@ -108,11 +108,18 @@ class SharpnessAwareStrategy(DDPStrategy):
         self._pending_rule_state: dict[str, Any] | None = None  # from a checkpoint, see on_train_start
         self._owns_process_group = False
         self._interrupted = False
+        self._root: torch.device | None = None  # root_device, fixed from setup to teardown (see root_device)
+        self._one_process = True  # _single_process, as set up: what the per-step hooks read
+        # Trainer-thread time that the strategy's own code added to the steps, in ms, since a reader
+        # (AsyncSAM's callback) last reset it: every override that Lightning calls per batch adds its share.
+        self.added_ms = 0.0
 
     # ----------------------------------------------------------------- single-process mode
     @property
     def _single_process(self) -> bool:
-        return self.num_nodes * self.num_processes <= 1
+        # num_nodes * num_processes, read from the attributes behind them: this runs on every step.
+        devices = self._parallel_devices
+        return self._num_nodes * (len(devices) if devices is not None else 0) <= 1
 
     @override
     def _configure_launcher(self) -> None:
@@ -141,16 +148,40 @@ class SharpnessAwareStrategy(DDPStrategy):
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model if self._single_process else super()._setup_model(model)
 
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        # DDPStrategy's reads the cluster environment (an environment-variable lookup) on every call,
+        # and Lightning asks for it on every batch; it cannot change between setup and teardown.
+        root = self._root
+        return root if root is not None else super().root_device
+
+    @override
+    def pre_backward(self, closure_loss: Tensor) -> None:
+        # One process has no DDP wrapper, which is all that DDPStrategy's hooks look after.
+        if self._one_process:
+            Strategy.pre_backward(self, closure_loss)
+        else:
+            super().pre_backward(closure_loss)
+
     # ----------------------------------------------------------------- the rule's state
     @override
     def connect(self, model: "pl.LightningModule") -> None:
         super().connect(model)
         trainer = model._trainer
-        if trainer is not None and not any(isinstance(c, RuleStateCallback) for c in trainer.callbacks):
+        # A rule without state needs no callback: even a batch-free one costs Lightning's dispatch
+        # a lookup per hook per batch (see lightning_asyncsam.batch_free).
+        stateful = type(self).rule_state_dict is not SharpnessAwareStrategy.rule_state_dict
+        if (stateful and trainer is not None
+                and not any(isinstance(c, RuleStateCallback) for c in trainer.callbacks)):
             trainer.callbacks.append(RuleStateCallback(self))
 
     def rule_state_dict(self) -> dict[str, Any]:
-        """The rule's own state for checkpoints: plain CPU tensors and Python scalars (none by default)."""
+        """The rule's own state for checkpoints: plain CPU tensors and Python scalars (none by default).
+
+        A subclass that overrides it gets a :class:`~lightning_asyncsam.strategies.state.RuleStateCallback`
+        on the trainer, which carries the state through checkpoints.
+        """
         return {}
 
     def rule_load_state_dict(self, state: dict[str, Any]) -> None:
@@ -204,6 +235,9 @@ class SharpnessAwareStrategy(DDPStrategy):
             self._params = self._trainable_params()
             self._backup = [torch.empty_like(p) for p in self._params]
             self._skipped, self._skips_warned = None, False
+        self._root = None
+        self._root = self.root_device
+        self._one_process = self._single_process
 
     def _trainable_params(self) -> list[Tensor]:
         """The parameters the optimizers update: the ones Eq. 3's global norm runs over."""
@@ -250,22 +284,29 @@ class SharpnessAwareStrategy(DDPStrategy):
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        self._restore()  # a previous micro-batch that skipped its backward left the weights perturbed
-        batch, batch_idx = (list(args) + [kwargs.get("batch"), kwargs.get("batch_idx", 0)])[:2]
+        start = time.perf_counter()
+        if self._perturbed:  # a previous micro-batch that skipped its backward left the weights perturbed
+            self._restore()
+        batch = args[0] if args else kwargs.get("batch")
+        batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
         step = self._ascent_step(batch, batch_idx)
         if step is not None:
             self._perturb(step)
+        descent = time.perf_counter()
         try:
             out = self._descent(*args, **kwargs)
         except BaseException:
             self._restore()
             raise
-        module = self.lightning_module
+        end = time.perf_counter()
+        module = self._lightning_module
         if out is None or (module is not None and not module.automatic_optimization):
             # No backward follows (skipped step), or it already ran inside a manual training_step.
             self._restore()
         if self._skipped is not None and module is not None and logs_now(module.trainer):
             self._report_skips(log=True)
+        # What this step added to the trainer's thread (see added_ms), outside the user's training_step.
+        self.added_ms += (descent - start + time.perf_counter() - end) * 1e3
         return out
 
     def _descent(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
@@ -275,8 +316,14 @@ class SharpnessAwareStrategy(DDPStrategy):
 
     @override
     def post_backward(self, closure_loss: Tensor) -> None:
-        super().post_backward(closure_loss)
-        self._restore()
+        start = time.perf_counter()
+        if self._one_process:
+            Strategy.post_backward(self, closure_loss)
+        else:
+            super().post_backward(closure_loss)
+        if self._perturbed:
+            self._restore()
+        self.added_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
@@ -285,10 +332,15 @@ class SharpnessAwareStrategy(DDPStrategy):
             try:
                 out = closure()
             finally:
-                self._restore()
+                start = time.perf_counter()
+                if self._perturbed:
+                    self._restore()
             self._after_closure()
+            self.added_ms += (time.perf_counter() - start) * 1e3
             return out
 
+        if self._one_process:  # DDPStrategy's adds only post-local-SGD averaging, which needs several processes
+            return Strategy.optimizer_step(self, optimizer, restoring_closure, model, **kwargs)
         return super().optimizer_step(optimizer, restoring_closure, model, **kwargs)
 
     def _after_closure(self) -> None:
@@ -303,6 +355,7 @@ class SharpnessAwareStrategy(DDPStrategy):
     @override
     def teardown(self) -> None:
         super().teardown()
+        self._root = None
         if self._owns_process_group and not self._interrupted and _distributed_is_initialized():
             # No rank starts to exit while a peer still communicates with it; skipped after an
             # exception, when a failed peer may never come.
