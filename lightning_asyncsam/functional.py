@@ -10,6 +10,8 @@ the per-step cost is a handful of kernel launches, independent of the number of 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -224,6 +226,22 @@ def restore_(params: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
         tensor([1.])
     """
     torch._foreach_copy_(list(params), list(backup))
+
+
+def gram_cosine_similarity(pair: Tensor, eps: float = EPS) -> float:
+    """:func:`cosine_similarity` of the two rows of ``pair`` (2 x N, each a gradient laid out flat).
+
+    One matrix product gives both norms and the dot product, and one transfer brings the three
+    numbers to the host: two operations where a dot product and two norms take six. ``pair``
+    must not require grad.
+
+    Example::
+
+        >>> round(gram_cosine_similarity(torch.tensor([[1.0, 0.0], [1.0, 1.0]])), 4)
+        0.7071
+    """
+    (aa, ab), (_, bb) = (pair @ pair.T).tolist()
+    return ab / (math.sqrt(aa * bb) + eps)
 
 
 @torch.no_grad()

@@ -73,7 +73,12 @@ def publish_metrics(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
     step = trainer.fit_loop.epoch_loop._batches_that_stepped
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
-    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+    # The dict behind `trainer.callback_metrics`: reading that property first recomputes every value
+    # that the LightningModule logged (about 0.1 ms a call here). One tensor, unbound into 0-dim views.
+    callback_metrics = getattr(trainer._logger_connector, "_callback_metrics", None)
+    if callback_metrics is None:  # pragma: no cover - a Lightning release that keeps them elsewhere
+        callback_metrics = trainer.callback_metrics
+    callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
 
 
 __all__ = ["logs_now", "optimizer_steps", "publish_metrics"]

@@ -48,7 +48,9 @@ from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.batch_free import BatchFreeCallback
-from lightning_asyncsam.functional import cosine_similarity
+from torch._C._nn import flatten_dense_tensors
+
+from lightning_asyncsam.functional import cosine_similarity, gram_cosine_similarity
 from lightning_asyncsam.logging_steps import logs_now, publish_metrics
 
 
@@ -61,6 +63,7 @@ class AscentHost(Protocol):
     worker_device: str
     cpu_batch: Any
     direction: Sequence[Tensor] | None
+    _direction_flats: list[Tensor]
     _params: list[Tensor]
     perturb_ms: float
     added_ms: float
@@ -113,7 +116,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._ascent_ms: float | None = None
         self._grad_norm: float | None = None
         self._n = 0.0
-        self._cos: Tensor | None = None  # a tensor: reading it would sync with the device
+        self._cos: Tensor | float | None = None  # on a logging step only
         self._perturb_ms = 0.0
         self.skipped_ascents = 0
         self._skip_warned = False
@@ -191,6 +194,12 @@ class AsyncSAMCallback(BatchFreeCallback):
         strategy.publish(worker)
         if self._on_cuda:
             torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
+        if not worker.booted:  # the fit's first submission waits for the worker's start-up: waiting, not work
+            boot_start = time.perf_counter()
+            worker.wait_ready()
+            boot_ms = (time.perf_counter() - boot_start) * 1e3
+            wait_ms += boot_ms
+            strategy.added_ms -= boot_ms
         worker.submit(step, ascent_batch, n, batch_idx)
         slot = worker.slot
         if slot.size > b:
@@ -251,10 +260,23 @@ class AsyncSAMCallback(BatchFreeCallback):
             return
         direction = strategy.direction
         self._cos = None
-        if direction is not None:
-            pairs = [(d, p.grad) for d, p in zip(direction, strategy._params) if p.grad is not None]
-            if pairs:
-                self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
+        if direction is None:
+            return
+        grads = [p.grad for p in strategy._params]
+        flats = strategy._direction_flats
+        if len(flats) == 1:
+            # e is one flat buffer: e and the gradients as the two rows of one matrix, in one call
+            # (torch's C++ flatten: each Python-level reshape costs microseconds mid-step).
+            try:
+                pair = flatten_dense_tensors([flats[0], *grads]).view(2, -1)
+            except TypeError:  # a parameter without a gradient
+                pair = None
+            if pair is not None:
+                self._cos = gram_cosine_similarity(pair.detach())
+                return
+        pairs = [(d, g) for d, g in zip(direction, grads) if g is not None]
+        if pairs:
+            self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
 
     def end_step(self, trainer: "pl.Trainer", strategy: AscentHost) -> None:
         """After the optimizer step: account the step's cost, and hand the diagnostics to the loggers on a logging step.

@@ -46,7 +46,7 @@ class FlatParameters:
     def __init__(self, params: Sequence[Tensor]) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
-        self._ends: tuple[int, int] = (0, 0)
+        self._first = 0  # where the first parameter's data starts while it lives in the buffers
         if not _flattenable(self._params):
             return
         groups: dict[torch.dtype, list[Tensor]] = {}
@@ -63,7 +63,7 @@ class FlatParameters:
                     p.data = view
                     offset += n
                 self.flats.append(flat)
-        self._ends = (self._params[0].data_ptr(), self._params[-1].data_ptr())
+        self._first = self._params[0].data_ptr()
 
     @property
     def active(self) -> bool:
@@ -71,12 +71,12 @@ class FlatParameters:
         return bool(self.flats)
 
     def intact(self) -> bool:
-        """Whether they still do, checked in O(1): the first and the last parameter still point into the buffers.
+        """Whether they still do, checked in O(1): the first parameter still points into the buffers.
 
-        ``module.to()`` and the like move every parameter, so they are caught; rebinding one
-        parameter's ``.data`` in the middle of a fit is not supported.
+        ``module.to()`` and the like move every parameter, the first too, so they are caught;
+        rebinding one parameter's ``.data`` in the middle of a fit is not supported.
         """
-        return bool(self.flats) and (self._params[0].data_ptr(), self._params[-1].data_ptr()) == self._ends
+        return bool(self.flats) and self._params[0].data_ptr() == self._first
 
     def release(self) -> None:
         """Give every parameter a storage of its own again (same values); :attr:`flats` empties."""

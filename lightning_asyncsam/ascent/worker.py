@@ -390,6 +390,11 @@ class AscentWorker:
         child_conn.close()
         self._ready = False
 
+    @property
+    def booted(self) -> bool:
+        """Whether the worker has reported that it loaded the module (see :meth:`wait_ready`)."""
+        return self._ready
+
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Block until the worker has loaded the module (no-op once it has)."""
         if self._ready:
