@@ -22,9 +22,13 @@ step; :attr:`AsyncSAMCallback.metrics` holds them on every step. The callback al
 gradient in the checkpoint, so that a resumed run continues the trajectory of the uninterrupted one.
 
 ``asyncsam/overhead_ms`` is everything this callback and the strategy add to the trainer's thread
-per optimizer step, averaged over the steps since the last log: the synchronization (collection,
-the direction, publishing, the batch hand-over, the lookahead), perturb and restore, the
-diagnostics and the logging itself. Waiting for a late worker is ``asyncsam/wait_ms``, apart. The
+per optimizer step, averaged over the steps since the last log: the strategy times each of its
+overrides that Lightning calls per batch (``batch_to_device``, ``training_step`` around the user's
+own, ``post_backward``, ``optimizer_step`` and its closure around Lightning's) and the lookahead
+loader times itself, so the synchronization (collection, the direction, publishing, the batch
+hand-over), perturb and restore, the safety nets, the diagnostics and the logging all count.
+Waiting for a late (or still starting) worker is ``asyncsam/wait_ms``, apart. What no timer inside
+can see: the overrides' own call frames and the caches that this work takes from SGD's. The
 running totals ``overhead_total_ms`` and ``wait_total_ms`` serve benchmarks/overhead.py.
 
 It sees the strategy only through :class:`AscentHost`, the attributes it uses, so that this module

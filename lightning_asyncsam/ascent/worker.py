@@ -55,24 +55,31 @@ layout when it changes, the trainer stand-in's changes, a stop, an error's trace
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
-``sem_trywait`` and four numbers read (:meth:`AscentWorker.collect`; the worker has already
-scaled ``g_{t-1}`` into e, so the direction costs nothing but a host-to-device copy on a GPU;
-ASAM's rule, whose T needs ``w_t``, adds its foreach passes); one copy per dtype that publishes
-``w_t`` (the trainable parameters live in one flat buffer per dtype during the fit,
-:mod:`lightning_asyncsam.ascent.flat_params`), plus one per buffer (BatchNorm's statistics); one
-slice copy per batch tensor into the batch slot (no pytree walk for a tensor or a flat tuple or
-list of them; the slices cached); one snapshot comparison of the optimizers' hyperparameters; four
-numbers written and one ``sem_post``. Each micro-batch adds one addition (perturb) and one copy
-(restore) per dtype: the published ``w_t`` is the backup. No allocation, no walk over the
-parameters in Python, no Lightning ``log``, and no Lightning callback hook (the strategy's
-callbacks have none per batch, :mod:`lightning_asyncsam.batch_free`); the diagnostics go to the
-loggers directly, and only on the steps that log. ``asyncsam/overhead_ms`` reports this time;
-benchmarks/overhead.py checks it against the difference to SGD, side by side. Measured on this
-project's quiet 2-core VM (digits recipe, b = 32): 0.18-0.19 ms per step, of which publishing
-0.035, the batch hand-over 0.018, collecting e 0.008, perturb 0.017 and restore 0.02; 309 Python
-calls per step more than SGD's. The rest is Python run cold in the middle of a step (each call and
-each tensor operation costs several times what it costs in a tight loop) and memory that the other
-core wrote last.
+``sem_trywait`` and four numbers read (:meth:`AscentWorker.take`; the worker has already scaled
+``g_{t-1}`` into e, so the direction costs nothing but a host-to-device copy on a GPU; ASAM's rule,
+whose T needs ``w_t``, adds its foreach passes); one copy per dtype that publishes ``w_t`` (the
+trainable parameters live in one flat buffer per dtype during the fit,
+:mod:`lightning_asyncsam.ascent.flat_params`; torch's batch and instance norms' running statistics,
+which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`);
+one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a flat
+tuple or list of them shaped like the last batch); one snapshot comparison of the optimizers'
+hyperparameters; four numbers written and one ``sem_post``. Each micro-batch adds one addition
+(perturb) and one copy (restore) per dtype: the published ``w_t`` is the backup. On a CPU these
+are plain tensor methods, not foreach calls (whose extra dispatch costs microseconds when it runs
+cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
+property that walks the trainer (``global_step``, ``training``, ``root_device``: read from the
+attributes behind them), and no Lightning callback hook (the strategy's callback has none per
+batch, :mod:`lightning_asyncsam.batch_free`, and a rule without state connects no other). The
+diagnostics (one flatten and one Gram product for the cosine) go to the loggers directly, and only
+on the steps that log. ``asyncsam/overhead_ms`` times every override that Lightning calls per batch
+(``training_step``, ``post_backward``, ``optimizer_step`` and its closure, ``batch_to_device``, the
+lookahead), waiting for the worker excluded; benchmarks/overhead.py checks it against the difference
+to SGD, side by side. Measured on this project's 2-core VM (digits recipe, b = 32): 0.12-0.14 ms per
+step, the logging steps' share included (about 0.15 ms each for the cosine and the loggers, a tenth
+of it per step); 131 Python calls per step more than SGD's (309 before). What remains is mostly cold:
+in the middle of a step each torch call costs 2-3 microseconds and each Python call about 0.3-0.5
+where a tight loop pays a tenth of that, and the 96 KB that publish, perturb and restore each move
+come from memory that a forward and a backward have evicted (7-15 microseconds a pass).
 """
 
 from __future__ import annotations
