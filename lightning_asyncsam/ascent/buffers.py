@@ -187,7 +187,9 @@ class FlatTensors:
 
     def on_device(self) -> tuple[list[Tensor], list[Tensor]]:
         """:meth:`to_device` and :meth:`device_flats` in one call: (the views, the flats they alias)."""
-        return self.to_device(), self._flats if self._staging is None else self._staging
+        if self._staging is None:  # the host buffers themselves: nothing to copy
+            return self._views if self._views is not None else self.views(), self._flats
+        return self.to_device(), self._staging
 
     def device_views(self) -> list[Tensor]:
         """The views of what :meth:`copy_from` last wrote, on the device it came from (the staging copy, else the host views)."""
