@@ -74,9 +74,9 @@ diagnostics (one flatten and one Gram product for the cosine) go to the loggers 
 on the steps that log. ``asyncsam/overhead_ms`` times every override that Lightning calls per batch
 (``training_step``, ``post_backward``, ``optimizer_step`` and its closure, ``batch_to_device``, the
 lookahead), waiting for the worker excluded; benchmarks/overhead.py checks it against the difference
-to SGD, side by side. Measured on this project's 2-core VM (digits recipe, b = 32): 0.12-0.14 ms per
-step, the logging steps' share included (about 0.15 ms each for the cosine and the loggers, a tenth
-of it per step); 113 Python calls per step more than SGD's (309 before). What remains is mostly cold:
+to SGD, side by side. Measured on this project's 2-core VM (digits recipe, b = 32): 0.10-0.14 ms per
+step, by the VM's phase, the logging steps' share included (about 0.15 ms each for the cosine and the loggers, a tenth
+of it per step); 111 Python calls per step more than SGD's (309 before). What remains is mostly cold:
 in the middle of a step each torch call costs 2-3 microseconds and each Python call about 0.3-0.5
 where a tight loop pays a tenth of that, and the 96 KB that publish, perturb and restore each move
 come from memory that a forward and a backward have evicted (7-15 microseconds a pass).
