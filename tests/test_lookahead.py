@@ -38,3 +38,40 @@ def test_attributes_reach_the_wrapped_loader() -> None:
 def test_bad_depth() -> None:
     with pytest.raises(ValueError, match="depth must be >= 1"):
         LookaheadLoader([], depth=0)
+
+
+def test_its_own_time_is_counted_apart_from_the_loader_and_taken_once(monkeypatch) -> None:
+    """The wrapper's time per batch excludes the wrapped loader's fetch (which SGD pays too).
+
+    A fake clock makes it exact: reading it costs a tick, a fetch of the wrapped loader a second.
+    """
+    import types
+
+    from lightning_asyncsam.ascent import lookahead
+
+    tick = 2.0 ** -10
+    clock = [0.0]
+
+    def perf_counter() -> float:
+        clock[0] += tick
+        return clock[0]
+
+    monkeypatch.setattr(lookahead, "time", types.SimpleNamespace(perf_counter=perf_counter))
+
+    def fetching():
+        for i in range(3):
+            clock[0] += 1.0  # the loader's own time
+            yield i
+
+    class Loader:
+        def __iter__(self):
+            return fetching()
+
+        def __len__(self) -> int:
+            return 3
+
+    loader = LookaheadLoader(Loader(), depth=1)
+    assert list(loader) == [0, 1, 2]
+    # Two batches handed over before the loader ran dry, one tick each; none of the loader's 3 s.
+    assert loader.take_added_ms() == pytest.approx(2 * tick * 1e3)
+    assert loader.take_added_ms() == 0.0  # taken once
