@@ -20,6 +20,7 @@ Commands:
     python benchmarks/overhead.py                          # SGD, b' = 32 and b' = 1; 5 repetitions of 8 epochs, ~3 min
     python benchmarks/overhead.py --ascent-batch-size 32 --repeats 9 --epochs 10
     python benchmarks/overhead.py --profile                # cProfile: Python calls per step, SGD vs AsyncSAM
+    python benchmarks/overhead.py --phases --repeats 6     # per phase of the step: where the added time lands
 """
 
 from __future__ import annotations
@@ -145,6 +146,87 @@ class Profiled(L.Callback):
         self.steps += trainer.global_step
 
 
+class PhaseClock(L.Callback):
+    """Per step of epochs 2..N, the wall-clock of each phase of Lightning's training step, by its hooks.
+
+    Where AsyncSAM's added time lands: its synchronization and perturb sit between the batch's start
+    and the user's ``training_step`` (stamped by the strategy's ``training_step``, see ``fit``),
+    restore between ``on_after_backward`` and ``on_before_optimizer_step``, ``end_step`` after the
+    update, the lookahead and ``batch_to_device`` between two batches.
+    """
+
+    PHASES = ("ours before the descent", "forward", "backward", "restore and closure end",
+              "update and step end", "between batches")
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {k: [] for k in self.PHASES}
+        self.descent_at = 0.0
+        self._t: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if trainer.current_epoch >= 1 and batch_idx > 0 and "end" in self._t:
+            self.samples["between batches"].append(now - self._t["end"])
+        self._t = {"start": now}
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Any) -> None:
+        self._t["before_backward"] = time.perf_counter()
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t["after_backward"] = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self._t["before_step"] = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now, t = time.perf_counter(), self._t
+        t["end"] = now
+        if trainer.current_epoch < 1 or len(t) < 5:
+            return
+        self.samples["ours before the descent"].append(self.descent_at - t["start"])
+        self.samples["forward"].append(t["before_backward"] - self.descent_at)
+        self.samples["backward"].append(t["after_backward"] - t["before_backward"])
+        self.samples["restore and closure end"].append(t["before_step"] - t["after_backward"])
+        self.samples["update and step end"].append(now - t["before_step"])
+
+
+def phases(repeats: int, epochs: int, sizes: list[int]) -> str:
+    """Per-phase medians of each arm's steps, paired by repetition against SGD's (see :class:`PhaseClock`)."""
+    from lightning.pytorch.strategies import Strategy
+
+    clocks: list[PhaseClock] = []
+    original = Strategy.training_step
+
+    def stamped(self: Strategy, *args: Any, **kwargs: Any) -> Any:  # the user's training_step starts here
+        if clocks:
+            clocks[-1].descent_at = time.perf_counter()
+        return original(self, *args, **kwargs)
+
+    arms = ["sgd", *(f"asyncsam_b{n}" for n in sizes)]
+    medians: dict[str, dict[str, list[float]]] = {arm: {k: [] for k in PhaseClock.PHASES} for arm in arms}
+    Strategy.training_step = stamped  # type: ignore[method-assign]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fit("sgd", 2, 0, tmp)
+            for r in range(repeats):
+                for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
+                    clocks.append(PhaseClock())
+                    n = int(arm.removeprefix("asyncsam_b")) if arm != "sgd" else B
+                    fit("sgd" if arm == "sgd" else "asyncsam", epochs, r, tmp, extra=[clocks[-1]], ascent_batch_size=n)
+                    for k, v in clocks[-1].samples.items():
+                        medians[arm][k].append(statistics.median(v) * 1e6)
+    finally:
+        Strategy.training_step = original  # type: ignore[method-assign]
+    head = "| phase | SGD | " + " | ".join(f"b' = {n}, paired" for n in sizes) + " |"
+    rows = [head, "|---|---|" + "---|" * len(sizes)]
+    for k in PhaseClock.PHASES:
+        sgd = medians["sgd"][k]
+        cells = [f"{statistics.median(a - b for a, b in zip(medians[arm][k], sgd)):+.1f} µs" for arm in arms[1:]]
+        rows.append(f"| {k} | {statistics.median(sgd):.1f} µs | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def profile(epochs: int, top: int) -> str:
     """cProfile each algorithm's steady state: Python function calls per step and the costliest functions."""
     lines = []
@@ -193,6 +275,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per fit (the first is not counted)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one fit of each instead")
     parser.add_argument("--top", type=int, default=25, help="functions to list with --profile")
+    parser.add_argument("--phases", action="store_true",
+                        help="print where the added time lands, phase by phase of the training step, instead")
     parser.add_argument("--name", default="overhead_digits_cpu", help="results/<name>.{json,md}")
     parser.add_argument("--ascent-batch-size", default=f"{B},1",
                         help="comma-separated b' values, one AsyncSAM arm each (b = 32). b' = 1 leaves the worker "
@@ -203,6 +287,11 @@ def main() -> None:
     if args.epochs < 2 or args.repeats < 1 or not sizes or any(not 1 <= n <= B for n in sizes):
         parser.error(f"--epochs must be >= 2, --repeats >= 1, and every --ascent-batch-size in [1, {B}]")
     torch.set_num_threads(1)
+    if args.phases:
+        print(f"Median per step, epochs 2..{args.epochs}, {args.repeats} interleaved repetitions; AsyncSAM's "
+              "difference to SGD's in the same repetition, median over repetitions.\n")
+        print(phases(args.repeats, args.epochs, sizes))
+        return
     if args.profile:
         print(profile(args.epochs, args.top))
         return
