@@ -15,7 +15,7 @@ from lightning_asyncsam.ascent.mailbox import Mailbox
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.batch_free import PER_BATCH_HOOKS, BatchFreeCallback
 from lightning_asyncsam.strategies.state import RuleStateCallback
-from tiny import TinyClassifier, in_float64, loader, make_data, trainer
+from tiny import ManualClassifier, TinyClassifier, in_float64, loader, make_data, trainer
 
 
 class ActionRecorder(PassThroughProfiler):
@@ -231,25 +231,7 @@ def test_the_worker_mirrors_what_a_training_forward_reads() -> None:
         worker.close()
 
 
-class _ManualTiny(TinyClassifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def ascent_loss(self, batch):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        opt.zero_grad()
-        loss = self.ascent_loss(batch)
-        self.manual_backward(loss)
-        opt.step()
-        return loss
-
-
-@pytest.mark.parametrize("make", [TinyClassifier, _ManualTiny], ids=["automatic", "manual"])
+@pytest.mark.parametrize("make", [TinyClassifier, ManualClassifier], ids=["automatic", "manual"])
 def test_the_step_counter_read_directly_is_the_global_step(make) -> None:
     """optimizer_steps() reads Lightning's progress counters: it must say what trainer.global_step says."""
     from lightning_asyncsam.logging_steps import optimizer_steps

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 import lightning_asyncsam.ascent.worker as worker_mod
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
 from tiny import (
+    ManualClassifier,
     Recorder,
     TinyClassifier,
     _grads,
@@ -156,24 +157,6 @@ def test_validation_is_never_perturbed_and_never_feeds_the_worker(monkeypatch, t
 
 
 # ----------------------------------------------------------------------------- manual optimization
-class ManualClassifier(TinyClassifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def ascent_loss(self, batch):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        opt.zero_grad()
-        loss = self.ascent_loss(batch)
-        self.manual_backward(loss)
-        opt.step()
-        return loss
-
-
 def test_manual_optimization_matches_reference() -> None:
     model = in_float64(ManualClassifier)
     rec = Recorder()

@@ -276,6 +276,26 @@ class FiniteOnlyClassifier(TinyClassifier):
         return F.cross_entropy(self(x), y)
 
 
+class ManualClassifier(TinyClassifier):
+    """Manual optimization: one optimizer step per training_step; the ascent comes from ascent_loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def ascent_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = self.ascent_loss(batch)
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
 def make_data_with_nan(n: int = 256, bad: int = 1, dtype: torch.dtype = torch.float32) -> TensorDataset:
     """``n`` samples of which sample ``bad`` (within the first b' of the first batch) is all NaN."""
     ds = make_data(n, dtype=dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,6 +29,18 @@ class _Slot:
         for s in self.shape:
             n *= s
         return n
+
+
+class _CopyPlan(NamedTuple):
+    """What :meth:`FlatTensors.copy_from_flats` copies, built for the list objects it was given."""
+
+    flats: Sequence[Tensor]
+    rest: Sequence[Tensor]
+    count: int
+    targets: list[Tensor]
+    sources: list[Tensor]
+    staged: bool  # the targets are the staging copy on the device, then copied to the host buffers
+    fused: bool   # one foreach call (a GPU), else one copy per pair (a CPU)
 
 
 class FlatTensors:
@@ -108,16 +120,14 @@ class FlatTensors:
             [[0.0, 1.0], [2.0, 3.0, 4.0], [9.0]]
         """
         plan = self.__dict__.get("_plan")
-        if plan is None or plan[0] is not flats or plan[1] is not rest or plan[2] != count:
-            on_staging = self._staging is not None and flats[0].device == self._staging[0].device
-            targets = self._prefixes_of(self._staging if on_staging else self._flats, count)  # type: ignore[arg-type]
-            views = self._staging_views if on_staging else self.views()
-            targets = targets + views[count:]
+        if plan is None or plan.flats is not flats or plan.rest is not rest or plan.count != count:
+            staged = self._staging is not None and flats[0].device == self._staging[0].device
+            views = self._staging_views if staged else self.views()
+            targets = self._prefixes_of(self._staging if staged else self._flats, count) + views[count:]  # type: ignore[arg-type]
             # A CPU runs a foreach call as a loop of copies, and its extra dispatch costs microseconds
             # when it runs cold, mid-step (3 more for one 96 KB copy on this project's VM); a GPU fuses them.
-            fused = targets[0].device.type != "cpu"
-            pairs = list(zip(targets, list(flats) + list(rest)))
-            plan = (flats, rest, count, targets, list(flats) + list(rest), on_staging, fused, pairs)
+            plan = _CopyPlan(flats, rest, count, targets, list(flats) + list(rest), staged,
+                             fused=targets[0].device.type != "cpu")
             self.__dict__["_plan"] = plan
         # Autograd off where a source may require grad (one of ``rest``: a parameter outside the
         # optimizers), by the switch itself: torch.no_grad()'s context manager costs several Python
@@ -126,15 +136,15 @@ class FlatTensors:
         if grad:
             torch._C._set_grad_enabled(False)
         try:
-            if plan[6]:
-                torch._foreach_copy_(plan[3], plan[4])
+            if plan.fused:
+                torch._foreach_copy_(plan.targets, plan.sources)
             else:
-                for target, source in plan[7]:
+                for target, source in zip(plan.targets, plan.sources):
                     target.copy_(source)
         finally:
             if grad:
                 torch._C._set_grad_enabled(True)
-        if plan[5]:
+        if plan.staged:
             for flat, staged in zip(self._flats, self._staging):  # type: ignore[arg-type]
                 flat.copy_(staged, non_blocking=self._pinned)
 

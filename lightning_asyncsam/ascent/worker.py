@@ -76,7 +76,7 @@ on the steps that log. ``asyncsam/overhead_ms`` times every override that Lightn
 lookahead), waiting for the worker excluded; benchmarks/overhead.py checks it against the difference
 to SGD, side by side. Measured on this project's 2-core VM (digits recipe, b = 32): 0.10-0.14 ms per
 step, by the VM's phase, the logging steps' share included (about 0.15 ms each for the cosine and the loggers, a tenth
-of it per step); 111 Python calls per step more than SGD's (309 before). What remains is mostly cold:
+of it per step); 115 Python calls per step more than SGD's (309 before). What remains is mostly cold:
 in the middle of a step each torch call costs 2-3 microseconds and each Python call about 0.3-0.5
 where a tight loop pays a tenth of that, and the 96 KB that publish, perturb and restore each move
 come from memory that a forward and a backward have evicted (7-15 microseconds a pass).
@@ -355,7 +355,7 @@ class AscentWorker:
         self.cuda_initialized: bool | None = None  # reported by the worker: did it create a CUDA context?
         self.in_flight: int | None = None
         self._mailbox: Mailbox | None = None
-        self._result_posted = False  # ready() took the done semaphore of the step in flight
+        self._result_posted = False  # take() took the done semaphore of the step in flight
 
     @property
     def rho(self) -> float | None:
@@ -473,31 +473,15 @@ class AscentWorker:
         return result
 
     def take(self) -> AscentResult | None:
-        """The step in flight's result if it has finished, else None: :meth:`ready` and :meth:`collect` in one call."""
-        mailbox = self._mailbox
-        if self._result_posted or (self.in_flight is not None and self._conn is not None
-                                   and mailbox.done.acquire(False)):  # type: ignore[union-attr]
-            s = mailbox._slots  # type: ignore[union-attr]  # Mailbox.result(), without its call
-            result = AscentResult(int(s[4]), s[5], s[6], int(s[7]))
-            if result.step == self.in_flight:
-                self._result_posted = False
-                self.in_flight = None
-                return result
-            self._result_posted = True  # woken by a failing worker: collect() raises its error
-            return self.collect()
-        return None
+        """The step in flight's result (see :meth:`collect`) if it has finished, else None; never blocks.
 
-    def ready(self) -> bool:
-        """Whether the step in flight has finished (never blocks, and no system call when it has not)."""
-        if self.in_flight is None:
-            return False
+        One ``sem_trywait`` on the result semaphore, no system call when nothing was posted.
+        """
+        if self.in_flight is None or self._conn is None:
+            return None
         if not self._result_posted:
-            mailbox = self._mailbox if self._conn is not None else None
-            if mailbox is None:
-                mailbox = self._require_mailbox()
-            # The semaphore itself, not Mailbox.take_result: one call, where the trainer polls every step.
-            self._result_posted = mailbox.done.acquire(False)
-        return self._result_posted
+            self._result_posted = self._mailbox.done.acquire(False)  # type: ignore[union-attr]
+        return self.collect() if self._result_posted else None
 
     def _await_result(self, timeout: float | None, what: str) -> None:
         """Block until the worker posts a result, checking every 50 ms that it lives and has not failed."""

@@ -381,9 +381,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     @override
     def _after_closure(self) -> None:
-        sync = self._sync
-        if sync is not None and sync._log_step:  # the diagnostics are computed on the steps that log them
-            sync.after_closure(self)
+        if self._sync is not None:
+            self._sync.after_closure(self)
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
@@ -403,7 +402,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if worker is not None and sync is not None:
             trainer = self._lightning_module._trainer  # type: ignore[union-attr]
             step = optimizer_steps(trainer)  # trainer.global_step
-            if sync._synced_step != step:  # the first micro-batch of this optimizer step
+            if not sync.synced(step):  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
         return self.direction
 
