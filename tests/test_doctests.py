@@ -23,6 +23,7 @@ MODULES = [
     "ascent.buffers",
     "ascent.launch",
     "ascent.replica",
+    "ascent.replica_io",
     "ascent.worker",
     "ascent.callback",
     "strategies.sam",

@@ -201,6 +201,18 @@ class FlatTensors:
             return self._views if self._views is not None else self.views(), self._flats
         return self.to_device(), self._staging
 
+    def private_like(self, device: torch.device | str) -> tuple[list[Tensor], list[Tensor]]:
+        """New flat buffers of this layout on ``device``, not shared, zeroed: (the flats, their views).
+
+        Example::
+
+            >>> flats, views = FlatTensors([torch.ones(2), torch.ones(1, 3)]).private_like("cpu")
+            >>> [f.numel() for f in flats], [tuple(v.shape) for v in views]
+            ([5], [(2,), (1, 3)])
+        """
+        flats = [torch.zeros_like(f, device=device) for f in self._flats]
+        return flats, self._views_of(flats)
+
     def device_views(self) -> list[Tensor]:
         """The views of what :meth:`copy_from` last wrote, on the device it came from (the staging copy, else the host views)."""
         return self.views() if self._staging is None else self._staging_views

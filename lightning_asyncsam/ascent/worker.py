@@ -102,9 +102,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors, read_batch
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
 from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
+from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
 from lightning_asyncsam.functional import EPS
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
@@ -227,6 +228,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
         wanted = {id(p) for p in trainable}
         for p in module.parameters():
             p.requires_grad_(id(p) in wanted)
+        io = ReplicaIO(mirror, trainable, weights, grads[0])
+        reader = BatchReader()
         layout = None
         parent = mp.parent_process()
         alive = (lambda: parent.is_alive()) if parent is not None else (lambda: True)
@@ -249,20 +252,13 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                 return
             trainer.update({"global_step": step})
             start = time.perf_counter()
-            weights.copy_to(mirror)
-            batch = read_batch(layout, n, device)  # type: ignore[arg-type]
-            for p in trainable:
-                p.grad = None
+            io.load(weights)
+            batch = reader.read(layout, n, device)  # type: ignore[arg-type]
+            io.zero_grads()
             loss = ascent_loss(module, batch, batch_idx)
             loss.backward()
-            with torch.no_grad():
-                grad = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
-                out = grads[step % 2]
-                out.copy_from(grad)
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
-                if spec.rho is not None and math.isfinite(norm):
-                    # Eq. 3's scale here, off the trainer's thread: one multiplication per dtype.
-                    torch._foreach_mul_(out.device_flats(), spec.rho / (norm + EPS))
+            # Eq. 3's scale here, off the trainer's thread (with spec.rho): one multiplication per dtype.
+            norm = io.deliver(grads[step % 2], spec.rho)
             mailbox.post_result(step, (time.perf_counter() - start) * 1e3, norm, n)
             delivered = time.perf_counter()
     except KeyboardInterrupt:

@@ -1,0 +1,124 @@
+"""The worker's data path (ascent/replica_io.py): the flat path gives exactly what the per-tensor path gives."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
+from lightning_asyncsam.ascent.flat_params import FlatParameters
+from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
+
+
+def _net(dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)).to(dtype)
+
+
+def _replica_of(net: nn.Module) -> nn.Module:
+    """A copy through torch.save, as the worker gets it (the trainer's parameters in its flat buffers)."""
+    flat = FlatParameters(list(net.parameters()))
+    assert flat.active
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    flat.release()
+    return torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+
+
+def _step(replica: nn.Module, rio: ReplicaIO, weights: FlatTensors, out: FlatTensors, x: torch.Tensor,
+          rho: float | None) -> float:
+    rio.load(weights)
+    rio.zero_grads()
+    replica(x).square().sum().backward()
+    return rio.deliver(out, rho)
+
+
+@pytest.mark.parametrize("rho", [None, 0.3])
+def test_flat_path_matches_per_tensor_path(rho: float | None) -> None:
+    net = _net()
+    params = list(net.parameters())
+    weights, x = FlatTensors([p.detach() for p in params]), torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    results = []
+    for flat in (True, False):
+        replica = _replica_of(net)
+        trainable = list(replica.parameters())
+        if not flat:  # channels_last is not flattenable: the per-tensor path
+            trainable[0].data = trainable[0].data.contiguous(memory_format=torch.channels_last)
+        out = FlatTensors(params)
+        rio = ReplicaIO(trainable, trainable, weights, out)
+        assert rio.flat is flat
+        norms = []
+        for step in range(3):  # the weights change between steps: each step reads them afresh
+            weights.copy_from([p.detach() + 0.1 * step for p in params])
+            norms.append(_step(replica, rio, weights, out, x, rho))
+        results.append((norms, [v.clone() for v in out.views()]))
+    (flat_norms, flat_out), (ref_norms, ref_out) = results
+    assert flat_norms == pytest.approx(ref_norms, rel=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(flat_out, ref_out))
+    if rho is not None:
+        total = torch.linalg.vector_norm(torch.cat([v.flatten() for v in flat_out])).item()
+        assert total == pytest.approx(rho, rel=1e-9)  # e = rho g / ||g||
+
+
+def test_the_gradient_is_the_replicas_own_at_the_published_weights() -> None:
+    net = _net()
+    replica = _replica_of(net)
+    trainable = list(replica.parameters())
+    weights, out = FlatTensors([p.detach() * 2 for p in net.parameters()]), FlatTensors(list(net.parameters()))
+    rio = ReplicaIO(trainable, trainable, weights, out)
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    norm = _step(replica, rio, weights, out, x, rho=None)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2)
+    net(x).square().sum().backward()
+    want = [p.grad for p in net.parameters()]
+    assert all(torch.allclose(a, b, rtol=1e-12) for a, b in zip(out.views(), want))
+    assert norm == pytest.approx(torch.linalg.vector_norm(torch.cat([g.flatten() for g in want])).item(), rel=1e-12)
+
+
+def test_an_unused_parameter_gets_a_zero_gradient_and_a_non_finite_one_is_not_scaled() -> None:
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)).double()
+    replica = _replica_of(net)
+    trainable = list(replica.parameters())
+    weights, out = FlatTensors([p.detach() for p in net.parameters()]), FlatTensors(list(net.parameters()))
+    rio = ReplicaIO(trainable, trainable, weights, out)
+    rio.load(weights)
+    rio.zero_grads()
+    replica[0](torch.ones(1, 3, dtype=torch.float64)).sum().backward()  # the second layer is unused
+    rio.deliver(out, rho=0.5)
+    assert out.views()[2].abs().sum() == 0 and out.views()[3].abs().sum() == 0
+    rio.zero_grads()
+    (replica[0](torch.ones(1, 3, dtype=torch.float64)).sum() * float("nan")).backward()
+    assert rio.deliver(out, rho=0.5) != rio.deliver(out, rho=0.5)  # NaN, delivered unscaled for the trainer to skip
+
+
+@pytest.mark.parametrize("batch", [
+    torch.arange(12.0).view(6, 2),
+    (torch.arange(12.0).view(6, 2), torch.arange(6)),
+    [torch.arange(12.0).view(6, 2), torch.arange(6)],
+    {"x": torch.arange(12.0).view(6, 2), "y": torch.arange(6), "tag": "digits"},
+])
+def test_batch_reader_rebuilds_the_first_n_samples(batch: object) -> None:
+    slot, reader = BatchSlot(), BatchReader()
+    slot.write(batch, n=4)
+    got = reader.read(slot.layout, 4, torch.device("cpu"))
+    assert type(got) is type(batch)
+    leaves = got if isinstance(got, (tuple, list)) else [got] if isinstance(got, torch.Tensor) else list(got.values())
+    assert torch.equal(leaves[0], torch.arange(8.0).view(4, 2))
+    # The next batch of the same shape lands in the same buffers: the cached views see it.
+    slot.write(batch if isinstance(batch, torch.Tensor) else type(batch)(batch), n=4)
+    again = reader.read(slot.layout, 4, torch.device("cpu"))
+    assert type(again) is type(batch) and (again is not got or isinstance(got, torch.Tensor))
+
+
+def test_batch_reader_follows_a_new_layout_and_a_new_n() -> None:
+    slot, reader = BatchSlot(), BatchReader()
+    slot.write((torch.arange(6.0), torch.arange(6)), n=4)
+    assert reader.read(slot.layout, 4, torch.device("cpu"))[0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert reader.read(slot.layout, 2, torch.device("cpu"))[0].tolist() == [0.0, 1.0]
+    assert slot.write((torch.arange(10.0).view(5, 2), torch.arange(5)), n=3)  # a new shape: a new layout
+    assert reader.read(slot.layout, 3, torch.device("cpu"))[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
