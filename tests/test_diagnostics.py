@@ -41,6 +41,38 @@ def test_every_step_logs_the_diagnostics(tmp_path) -> None:
     assert rows[0]["asyncsam/cos_sim"] == ""
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_logged_cosine_is_that_of_e_and_the_descent_gradient(tmp_path, adaptive: bool) -> None:
+    """Without ``adaptive`` the cosine uses ||e|| from the worker's ||g||; with it, e itself (a Gram product)."""
+    import lightning as L
+
+    from lightning_asyncsam import AsyncSAMCallback
+    from lightning_asyncsam.functional import cosine_similarity
+
+    class Check(L.Callback):
+        def __init__(self) -> None:
+            self.pairs: list[tuple[float, float]] = []
+            self._want: float | None = None
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # the gradients our cosine saw
+            e = trainer.strategy.direction
+            grads = [p.grad for p in trainer.strategy._params]
+            self._want = None if e is None else float(cosine_similarity(e, grads))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync = next(c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback))
+            if self._want is not None:
+                self.pairs.append((float(sync.metrics["asyncsam/cos_sim"]), self._want))
+
+    check = Check()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1, adaptive=adaptive), max_epochs=2,
+                log_every_n_steps=1, callbacks=[check])
+    t.fit(TinyClassifier(), loader(make_data(n=48, dtype=torch.float32), 8))
+    assert len(check.pairs) == 11  # every step but the unperturbed first
+    for got, want in check.pairs:
+        assert got == pytest.approx(want, abs=1e-5)
+
+
 def test_auto_batch_size_settles_and_prints_one_line(tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         t, rows = _rows(tmp_path, AsyncSAMStrategy(ascent_threads=1), epochs=3, n=160)

@@ -54,7 +54,7 @@ from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.batch_free import BatchFreeCallback
 from torch._C._nn import flatten_dense_tensors
 
-from lightning_asyncsam.functional import cosine_similarity, gram_cosine_similarity
+from lightning_asyncsam.functional import EPS, cosine_similarity, gram_cosine_similarity, known_norm_cosine_similarity
 from lightning_asyncsam.logging_steps import logs_now, publish_metrics
 
 
@@ -70,6 +70,7 @@ class AscentHost(Protocol):
     _direction_flats: list[Tensor]
     _params: list[Tensor]
     perturb_ms: float
+    time_perturb: bool
     added_ms: float
     rho: float
 
@@ -121,6 +122,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._grad_norm: float | None = None
         self._n = 0.0
         self._cos: Tensor | float | None = None  # on a logging step only
+        self._e_norm: float | None = None  # ||e|| of this step's direction where the worker's ||g|| gives it
+        self._sized: tuple[Any, int, int] | None = None  # (b' as asked, b, the b' it gave): see _ascent_size
         self._perturb_ms = 0.0
         self.skipped_ascents = 0
         self._skip_warned = False
@@ -155,6 +158,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         wait_ms = 0.0
         direction = None
         scaled = self._delivers_step
+        self._e_norm = None
+        strategy.time_perturb = self._log_step  # perturb_ms is only read on a logging step
         in_flight = worker.in_flight
         if in_flight is not None:
             if in_flight == step - 1:
@@ -169,6 +174,8 @@ class AsyncSAMCallback(BatchFreeCallback):
                     self._after_ascent(strategy, result.ascent_ms, result.samples, start)
                 if math.isfinite(result.grad_norm):
                     direction = worker.grads[in_flight % 2]
+                    if scaled:  # e = rho g / (||g|| + EPS), so ||e|| needs no pass over e
+                        self._e_norm = strategy.rho * result.grad_norm / (result.grad_norm + EPS)
                 else:
                     self._skip(strategy)
             else:
@@ -232,15 +239,21 @@ class AsyncSAMCallback(BatchFreeCallback):
 
     def _ascent_size(self, strategy: AscentHost, b: int) -> int:
         spec = strategy.ascent_batch_size
+        sized = self._sized
+        if sized is not None and sized[0] is spec and sized[1] == b:  # a fixed b' and the same b: as last step
+            return sized[2]
         if spec == "auto":
             if self._tuner is None or self._tuner.batch_size != b:
                 self._tuner = AscentBatchTuner(b)
             return self._tuner.value
         if isinstance(spec, float):
-            return max(1, math.floor(spec * b))
-        if spec > b:  # type: ignore[operator]
+            n = max(1, math.floor(spec * b))
+        elif spec > b:  # type: ignore[operator]
             raise ValueError(f"ascent_batch_size={spec!r} is not allowed: it must be <= the batch size b={b}")
-        return int(spec)  # type: ignore[arg-type]
+        else:
+            n = int(spec)  # type: ignore[arg-type]
+        self._sized = (spec, b, n)
+        return n
 
     def _after_ascent(self, strategy: AscentHost, ascent_ms: float, samples: int, now: float) -> None:
         """Feed the system-aware b' (``"auto"``) the step's window and the worker's time."""
@@ -269,14 +282,18 @@ class AsyncSAMCallback(BatchFreeCallback):
         grads = [p.grad for p in strategy._params]
         flats = strategy._direction_flats
         if len(flats) == 1:
-            # e is one flat buffer: e and the gradients as the two rows of one matrix, in one call
-            # (torch's C++ flatten: each Python-level reshape costs microseconds mid-step).
+            # e is one flat buffer: the gradients flattened in one call (torch's C++ flatten: each
+            # Python-level reshape costs microseconds mid-step), then two dot products when ||e|| is
+            # known, else e and the gradients as the two rows of one matrix and one Gram product.
+            e_norm = self._e_norm
             try:
-                pair = flatten_dense_tensors([flats[0], *grads]).view(2, -1)
+                flat = flatten_dense_tensors(grads if e_norm is not None else [flats[0], *grads])
             except TypeError:  # a parameter without a gradient
-                pair = None
-            if pair is not None:
-                self._cos = gram_cosine_similarity(pair.detach())
+                flat = None
+            if flat is not None:
+                flat = flat.detach()
+                self._cos = (known_norm_cosine_similarity(flats[0], flat, e_norm) if e_norm is not None
+                             else gram_cosine_similarity(flat.view(2, -1)))
                 return
         pairs = [(d, g) for d, g in zip(direction, grads) if g is not None]
         if pairs:

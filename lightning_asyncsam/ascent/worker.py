@@ -460,6 +460,11 @@ class AscentWorker:
             raise AscentWorkerError("AsyncSAM: collect() called with no ascent step in flight")
         if not self._result_posted:
             self._await_result(timeout, what=f"the ascent gradient of step {in_flight}")
+        return self._posted_result()
+
+    def _posted_result(self) -> AscentResult:
+        """The result that the worker posted for the step in flight (the caller took its semaphore)."""
+        in_flight = self.in_flight
         self._result_posted = False
         result = AscentResult(*self._mailbox.result())  # type: ignore[union-attr]
         if result.step != in_flight:  # woken by a failing worker: its traceback is in the pipe
@@ -477,7 +482,7 @@ class AscentWorker:
             return None
         if not self._result_posted:
             self._result_posted = self._mailbox.done.acquire(False)  # type: ignore[union-attr]
-        return self.collect() if self._result_posted else None
+        return self._posted_result() if self._result_posted else None
 
     def _await_result(self, timeout: float | None, what: str) -> None:
         """Block until the worker posts a result, checking every 50 ms that it lives and has not failed."""

@@ -134,6 +134,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._targets: list[Tensor] = []             # what perturb and restore write: the flats, or the parameters
         self._published_by: tuple[AscentWorker | None, bool] = (None, False)  # whose views _published_* are
         self._published_views: list[Tensor] = []
+        # Whether perturb and restore time themselves into perturb_ms (set per step by the callback:
+        # the value is only logged on logging steps; the overrides' own timers count them anyway).
+        self.time_perturb = True
 
     @property
     def threads(self) -> int:
@@ -348,7 +351,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:  # no w_t published this step (e.g. a custom loop): the base's copy
             super()._perturb(step)
             return
-        start = time.perf_counter()
+        timed = self.time_perturb
+        start = time.perf_counter() if timed else 0.0
         targets = self._targets
         if targets is not self._params:
             # climb_ on the flat buffers (which never require grad), one method call per dtype.
@@ -358,7 +362,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             with torch.no_grad():
                 climb_(targets, step)
         self._perturbed = True
-        self.perturb_ms += (time.perf_counter() - start) * 1e3
+        if timed:
+            self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _restore(self) -> None:
@@ -367,7 +372,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:
             super()._restore()  # the base's own backup
             return
-        start = time.perf_counter()
+        timed = self.time_perturb
+        start = time.perf_counter() if timed else 0.0
         targets = self._targets
         if targets is not self._params:
             # restore_ on the flat buffers: w_t back from the copy the worker reads, one call per dtype.
@@ -377,7 +383,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             with torch.no_grad():
                 restore_(targets, self._published)
         self._perturbed = False
-        self.perturb_ms += (time.perf_counter() - start) * 1e3
+        if timed:
+            self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _after_closure(self) -> None:
