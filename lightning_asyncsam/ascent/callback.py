@@ -115,7 +115,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._on_cuda = False                          # the main process computes on a GPU
         self._delivers_step = False                    # the worker delivers e, not g
         self._announced = False
-        self._log_step = False  # whether this optimizer step's diagnostics reach the loggers
+        self.log_step = False  # whether this optimizer step's diagnostics reach the loggers (read by the strategy)
         # The latest diagnostics, as plain attributes: a dict is built only when they are logged.
         self._wait_ms = 0.0
         self._ascent_ms: float | None = None
@@ -123,7 +123,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._n = 0.0
         self._cos: Tensor | float | None = None  # on a logging step only
         self._e_norm: float | None = None  # ||e|| of this step's direction where the worker's ||g|| gives it
-        self._sized: tuple[Any, int, int] | None = None  # (b' as asked, b, the b' it gave): see _ascent_size
+        # A fixed b' (int or fraction) for a given b, as computed last: (b' as asked, b, the b' it gave).
+        self._sized: tuple[Any, int, int] | None = None
         self._perturb_ms = 0.0
         self.skipped_ascents = 0
         self._skip_warned = False
@@ -150,7 +151,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         start = time.perf_counter() if self._tuner is not None else 0.0  # the end of the worker's window
         if step is None:
             step = trainer.global_step
-        self._log_step = logs_now(trainer)
+        self.log_step = logs_now(trainer)
         if self._worker is not worker:  # a new worker (a new fit): where the main process computes, what it delivers
             self._worker = worker
             self._on_cuda = strategy.root_device.type == "cuda"
@@ -159,7 +160,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         direction = None
         scaled = self._delivers_step
         self._e_norm = None
-        strategy.time_perturb = self._log_step  # perturb_ms is only read on a logging step
+        strategy.time_perturb = self.log_step  # perturb_ms is only read on a logging step
         in_flight = worker.in_flight
         if in_flight is not None:
             if in_flight == step - 1:
@@ -201,7 +202,9 @@ class AsyncSAMCallback(BatchFreeCallback):
             upcoming = strategy.next_step_batch()
             if upcoming is not None:
                 ascent_batch = upcoming
-        n = self._ascent_size(strategy, b)
+        sized = self._sized
+        n = sized[2] if sized is not None and sized[0] is strategy.ascent_batch_size and sized[1] == b \
+            else self._ascent_size(strategy, b)
         strategy.publish(worker)
         if self._on_cuda:
             torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
@@ -239,9 +242,6 @@ class AsyncSAMCallback(BatchFreeCallback):
 
     def _ascent_size(self, strategy: AscentHost, b: int) -> int:
         spec = strategy.ascent_batch_size
-        sized = self._sized
-        if sized is not None and sized[0] is spec and sized[1] == b:  # a fixed b' and the same b: as last step
-            return sized[2]
         if spec == "auto":
             if self._tuner is None or self._tuner.batch_size != b:
                 self._tuner = AscentBatchTuner(b)
@@ -273,7 +273,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         Called by the strategy's ``optimizer_step`` when the closure (forward, backward, restore)
         has run: where ``on_before_optimizer_step`` would see the gradients, before clipping.
         """
-        if not self._log_step:
+        if not self.log_step:
             return
         direction = strategy.direction
         self._cos = None
@@ -316,7 +316,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._window_ms += added
         self.overhead_total_ms += added
         self._window_steps += 1
-        if not self._log_step:
+        if not self.log_step:
             return
         self._overhead_ms = self._window_ms / self._window_steps
         self._window_ms, self._window_steps = 0.0, 0
@@ -333,7 +333,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         if self._ascent_ms is not None:
             values["asyncsam/ascent_ms"] = self._ascent_ms
             values["asyncsam/ascent_grad_norm"] = self._grad_norm
-        if self._cos is not None and self._log_step:
+        if self._cos is not None and self.log_step:
             values["asyncsam/cos_sim"] = self._cos
         return values
 

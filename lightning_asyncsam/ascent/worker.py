@@ -344,6 +344,8 @@ class AscentWorker:
         self._module = module  # its trainer's state is mirrored into the replica's stand-in
         self._trainer_sent: dict[str, Any] | None = None
         self._trainer_snapshot: tuple[int, list[tuple[Any, ...]]] | None = None
+        self._optimizers: list[Any] | None = None  # the trainer's optimizers list, as read this epoch
+        self._optimizers_epoch = -1
         self.start_method: str | None = None  # "fork" or "spawn", chosen by start()
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -388,6 +390,7 @@ class AscentWorker:
         )
         self._conn = parent_conn
         self._trainer_sent = self._trainer_snapshot = None
+        self._optimizers, self._optimizers_epoch = None, -1
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
             self._process.start()
         child_conn.close()
@@ -529,10 +532,14 @@ class AscentWorker:
         # The common case, nothing changed, in O(1) Python per param group: the groups' values by
         # identity (a scheduler writes a new float), not a filtered dict per group.
         try:
-            optimizers = trainer.optimizers
+            epoch = trainer.current_epoch
+            optimizers = self._optimizers
+            if optimizers is None or epoch != self._optimizers_epoch:  # the list, re-read once an epoch
+                optimizers, self._optimizers_epoch = trainer.optimizers, epoch
+                self._optimizers = optimizers
             groups = optimizers[0].param_groups if len(optimizers) == 1 else [
                 g for o in optimizers for g in o.param_groups]
-            snapshot = (trainer.current_epoch, list(map(tuple, map(dict.values, groups))))
+            snapshot = (epoch, list(map(tuple, map(dict.values, groups))))
             if self._trainer_snapshot is not None and snapshot == self._trainer_snapshot:
                 return 0
         except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below

@@ -388,8 +388,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     @override
     def _after_closure(self) -> None:
-        if self._sync is not None:
-            self._sync.after_closure(self)
+        sync = self._sync
+        if sync is not None and sync.log_step:  # the diagnostics only on a logging step
+            sync.after_closure(self)
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],

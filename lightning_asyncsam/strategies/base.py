@@ -110,6 +110,7 @@ class SharpnessAwareStrategy(DDPStrategy):
         self._interrupted = False
         self._root: torch.device | None = None  # root_device, fixed from setup to teardown (see root_device)
         self._one_process = True  # _single_process, as set up: what the per-step hooks read
+        self._manual = False  # the module optimizes manually (read once per fit: a property walk per step)
         # Trainer-thread time that the strategy's own code added to the steps, in ms, since a reader
         # (AsyncSAM's callback) last reset it: every override that Lightning calls per batch adds its share.
         self.added_ms = 0.0
@@ -232,6 +233,8 @@ class SharpnessAwareStrategy(DDPStrategy):
         else:
             super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
+            module = self.lightning_module
+            self._manual = module is not None and not module.automatic_optimization
             self._params = self._trainable_params()
             self._backup = [torch.empty_like(p) for p in self._params]
             self._skipped, self._skips_warned = None, False
@@ -300,7 +303,7 @@ class SharpnessAwareStrategy(DDPStrategy):
             raise
         end = time.perf_counter()
         module = self._lightning_module
-        if out is None or (module is not None and not module.automatic_optimization):
+        if out is None or self._manual:
             # No backward follows (skipped step), or it already ran inside a manual training_step.
             self._restore()
         if self._skipped is not None and module is not None and logs_now(module.trainer):
