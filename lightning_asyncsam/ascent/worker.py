@@ -70,22 +70,29 @@ cold). No allocation, no walk over the parameters in Python, no Lightning ``log`
 property that walks the trainer (``global_step``, ``training``, ``root_device``: read from the
 attributes behind them), and no Lightning callback hook (the strategy's callback has none per
 batch, :mod:`lightning_asyncsam.batch_free`, and a rule without state connects no other). The
-diagnostics (one flatten and one Gram product for the cosine) go to the loggers directly, and only
-on the steps that log. ``asyncsam/overhead_ms`` times every override that Lightning calls per batch
-(``training_step``, ``post_backward``, ``optimizer_step`` and its closure, ``batch_to_device``, the
-lookahead), waiting for the worker excluded; benchmarks/overhead.py checks it against the difference
-to SGD, side by side. Measured on this project's 2-core VM (digits recipe, b = 32): 0.10-0.14 ms per
-step, by the VM's phase, the logging steps' share included (about 0.15 ms each for the cosine and the loggers, a tenth
-of it per step); 115 Python calls per step more than SGD's (309 before). What remains is mostly cold:
-in the middle of a step each torch call costs 2-3 microseconds and each Python call about 0.3-0.5
-where a tight loop pays a tenth of that, and the 96 KB that publish, perturb and restore each move
-come from memory that a forward and a backward have evicted (7-15 microseconds a pass).
+diagnostics (the gradients flattened once and two dot products for the cosine, ||e|| following from
+the worker's ||g||) go to the loggers directly, and only on the steps that log. ``asyncsam/overhead_ms``
+times every override that Lightning calls per batch (``training_step``, ``post_backward``,
+``optimizer_step`` and its closure, ``batch_to_device``, the lookahead), waiting for the worker
+excluded; benchmarks/overhead.py checks it against the difference to SGD, side by side, and
+benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
+on this project's 2-core VM (digits recipe, b = 32): 0.115-0.125 ms per step over 20 interleaved
+repetitions (0.10-0.14 in single runs, by the VM's phase), the logging steps' share included (about
+0.1 ms each, a tenth of it per step); 105 Python calls per step more than SGD's (309 before). What
+remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
+Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish,
+perturb and restore each move come from memory that a forward and a backward have evicted (7-15
+microseconds a pass).
+
+The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
+dtype reads ``w_t`` into the replica's flat parameters, the gradients accumulate in place into one
+flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multiplication per dtype
+into the shared buffer; the batch's views are sliced once per layout.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing as mp
 import types
 import os
@@ -106,7 +113,6 @@ from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
 from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
 from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
-from lightning_asyncsam.functional import EPS
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
 from lightning_asyncsam.ascent.replica import (

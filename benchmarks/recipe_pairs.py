@@ -1,0 +1,92 @@
+"""A recipe's epoch time, AsyncSAM against SGD, paired by seed: the figure issue 11's first target names.
+
+``asyncsam-report`` gives each algorithm's mean epoch time over seeds; on a VM whose speed drifts
+between minutes, a ratio of means compares the minutes as much as the algorithms. Run the two
+algorithms seed by seed, alternating which goes first, then pair them here: for each seed, the
+ratio of the steady-state epochs (median of epochs 2..N, validation included, as ``time/epoch_s``
+logs it) and of the training time alone (``time/train_images_per_s``, validation excluded).
+
+Commands (the digits recipe with b' = b = 32; 6 seeds, ~2 min):
+    for s in 0 1 2 3 4 5; do
+      asyncsam-train -m algorithm=sgd seed=$s hydra.sweep.dir=runs/sgd$s
+      asyncsam-train -m algorithm=asyncsam algorithm.strategy.ascent_batch_size=32 seed=$s hydra.sweep.dir=runs/async$s
+    done      # (alternate the order on odd seeds)
+    python benchmarks/recipe_pairs.py runs --name digits_recipe_bb
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+try:
+    from benchmarks._common import environment, environment_markdown, write_results
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from _common import environment, environment_markdown, write_results
+
+
+def run_times(run_dir: Path) -> tuple[float, float] | None:
+    """(steady epoch s, steady training images/s) of one ``asyncsam-train`` run, from its metrics.csv."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    epochs = [float(r["time/epoch_s"]) for r in rows if r.get("time/epoch_s")]
+    speed = [float(r["time/train_images_per_s"]) for r in rows if r.get("time/train_images_per_s")]
+    if len(epochs) < 2 or len(speed) < 2:
+        return None
+    return statistics.median(epochs[1:]), statistics.median(speed[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path, help="directories holding asyncsam-train runs")
+    parser.add_argument("--algorithm", default="asyncsam")
+    parser.add_argument("--against", default="sgd")
+    parser.add_argument("--name", default=None, help="results/<name>.{json,md}; none: print only")
+    args = parser.parse_args()
+    times: dict[tuple[str, int], tuple[float, float]] = {}
+    recipe = None
+    for root in args.roots:
+        for summary in sorted(root.rglob("summary.json")):
+            info = json.loads(summary.read_text())
+            got = run_times(summary.parent)
+            if got is not None and info.get("algorithm") in (args.algorithm, args.against):
+                times[(info["algorithm"], int(info["seed"]))] = got
+                recipe = info.get("recipe", recipe)
+    seeds = sorted(s for a, s in times if a == args.algorithm and (args.against, s) in times)
+    if not seeds:
+        parser.error(f"no seed has runs of both {args.algorithm!r} and {args.against!r} under {args.roots}")
+    rows, epoch_ratios, train_ratios = [], [], []
+    for s in seeds:
+        (a_epoch, a_speed), (b_epoch, b_speed) = times[(args.algorithm, s)], times[(args.against, s)]
+        epoch_ratios.append(a_epoch / b_epoch)
+        train_ratios.append(b_speed / a_speed)  # the same images an epoch: the ratio of training times
+        rows.append(f"| {s} | {b_epoch * 1e3:.1f} ms | {a_epoch * 1e3:.1f} ms | {epoch_ratios[-1]:.3f} | "
+                    f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} |")
+    env = environment()
+    table = "\n".join([
+        f"Recipe {recipe}: {args.algorithm} against {args.against}, paired by seed. Steady-state epoch: median of "
+        "epochs 2..N, validation included (`time/epoch_s`); training only: the median training images/s of epochs 2..N "
+        "(validation excluded), its x the ratio of training times.",
+        "",
+        f"| seed | {args.against} epoch | {args.algorithm} epoch | x | {args.against} training images/s | "
+        f"{args.algorithm} training images/s | x (training time) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** |",
+        "",
+        environment_markdown(env),
+    ])
+    print(table)
+    if args.name:
+        write_results(args.name, {"config": {k: str(v) for k, v in vars(args).items()}, "environment": env,
+                                  "seeds": seeds, "epoch_ratio": epoch_ratios, "train_ratio": train_ratios}, table)
+
+
+if __name__ == "__main__":
+    main()
