@@ -122,3 +122,37 @@ def test_batch_reader_follows_a_new_layout_and_a_new_n() -> None:
     assert reader.read(slot.layout, 2, torch.device("cpu"))[0].tolist() == [0.0, 1.0]
     assert slot.write((torch.arange(10.0).view(5, 2), torch.arange(5)), n=3)  # a new shape: a new layout
     assert reader.read(slot.layout, 3, torch.device("cpu"))[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_a_zero_grad_in_the_replicas_own_code_does_not_lose_the_gradient() -> None:
+    """The module's ascent code may set its gradients to None: they are still delivered, then re-attached."""
+    net = _net()
+    weights, x = FlatTensors([p.detach() for p in net.parameters()]), torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    replica = _replica_of(net)
+    trainable = list(replica.parameters())
+    out = FlatTensors(list(net.parameters()))
+    rio = ReplicaIO(trainable, trainable, weights, out)
+    want = _step(replica, rio, weights, out, x, rho=None)
+    want_views = [v.clone() for v in out.views()]
+    for _ in range(2):
+        rio.load(weights)
+        rio.zero_grads()
+        replica.zero_grad()  # between zero_grads and backward: autograd allocates fresh gradients
+        replica(x).square().sum().backward()
+        assert rio.deliver(out, rho=None) == pytest.approx(want, rel=1e-12)
+        assert all(torch.allclose(a, b, rtol=1e-12) for a, b in zip(out.views(), want_views))
+    assert rio.flat and _step(replica, rio, weights, out, x, rho=None) == pytest.approx(want, rel=1e-12)
+
+
+def test_parameters_moved_by_the_replicas_code_fall_back_to_the_per_tensor_path() -> None:
+    net = _net()
+    weights, x = FlatTensors([p.detach() for p in net.parameters()]), torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    replica = _replica_of(net)
+    trainable = list(replica.parameters())
+    out = FlatTensors(list(net.parameters()))
+    rio = ReplicaIO(trainable, trainable, weights, out)
+    want = _step(replica, rio, weights, out, x, rho=None)
+    for p in trainable:  # e.g. a module that re-creates its weights' storage
+        p.data = p.data.clone()
+    assert _step(replica, rio, weights, out, x, rho=None) == pytest.approx(want, rel=1e-12)
+    assert not rio.flat

@@ -70,14 +70,15 @@ class ReplicaIO:
         self._flat = FlatParameters(self._trainable)
         count = len(self._trainable)
         self._grad_flats: list[Tensor] = []
+        self._grad_views: list[Tensor] = []
         if self._flat.active:
             self._weight_prefix = weights.prefix_flats(count)
             self._rest_views = weights.views()[count:]
             self._rest_mirror = self._mirror[count:]
             device = self._trainable[0].device
-            self._grad_flats, views = grads_layout.private_like(device)
+            self._grad_flats, self._grad_views = grads_layout.private_like(device)
             with torch.no_grad():
-                for p, g in zip(self._trainable, views):
+                for p, g in zip(self._trainable, self._grad_views):
                     p.grad = g  # autograd adds into it in place (see the module's docstring)
 
     @property
@@ -88,6 +89,8 @@ class ReplicaIO:
     @torch.no_grad()
     def load(self, weights: FlatTensors) -> None:
         """Copy the published ``w_t`` into the replica."""
+        if self.flat and not self._flat.intact():  # the replica's code moved its parameters: per tensor from now on
+            self._grad_flats, self._grad_views = [], []
         if not self.flat:
             weights.copy_to(self._mirror)
             return
@@ -99,6 +102,9 @@ class ReplicaIO:
     def zero_grads(self) -> None:
         """Clear the gradients before the backward pass."""
         if self.flat:
+            for p, g in zip(self._trainable, self._grad_views):
+                if p.grad is not g:  # set to None (a zero_grad in the replica's code) or replaced
+                    p.grad = g
             for g in self._grad_flats:
                 g.zero_()
         else:
@@ -112,7 +118,9 @@ class ReplicaIO:
         Returns:
             ||g||, the global 2-norm over every trainable parameter.
         """
-        if not self.flat:
+        if not self.flat or any(p.grad is not g for p, g in zip(self._trainable, self._grad_views)):
+            # Per tensor: no flat buffers, or the replica's own code swapped a gradient out of them
+            # (a zero_grad between forward and backward): the gradients where autograd left them.
             grad = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
             out.copy_from(grad)
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0))).item()
