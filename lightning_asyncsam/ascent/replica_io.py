@@ -13,10 +13,12 @@ the trainer's do (:mod:`lightning_asyncsam.ascent.flat_params`), one operation p
   the same), so the gradient leaves in one multiplication per dtype that is Eq. 3's scale
   ``rho / ||g||`` itself, and ``||g||`` is one norm per dtype.
 
-On the digits recipe's CNN this took the worker's work around the forward and backward from
-foreach copies of ten tensors each way and a foreach norm (about 0.2 ms a step on this project's
-2-core VM) to a handful of operations. A replica whose parameters cannot be flattened
-(``channels_last``, shared storages) keeps the per-tensor path.
+On the digits recipe's CNN (eleven tensors) this replaced foreach copies each way, a foreach norm
+and a foreach scale with a handful of operations: the worker's step (``asyncsam/ascent_ms``) fell
+by 83 us, 2.17 to 2.11 ms, paired over six interleaved fits on this project's 2-core VM. A replica
+whose parameters cannot be flattened (``channels_last``, shared storages), or whose own code moves
+them, keeps the per-tensor path; a gradient that its code swaps out of the flat buffer (a
+``zero_grad`` between forward and backward) is delivered from where autograd left it.
 """
 
 from __future__ import annotations
