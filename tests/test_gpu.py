@@ -57,32 +57,3 @@ def test_gpu_bf16_mixed_trains() -> None:
     t.fit(model, loader(make_data(dtype=torch.float32), 8))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-
-@pytest.mark.parametrize("rho", [None, 0.3])
-def test_a_cuda_replica_delivers_what_the_per_tensor_path_delivers(rho: float | None) -> None:
-    """The worker's data path with the replica on a GPU (``ascent_device="cuda"``): host buffers in and out."""
-    from torch import nn
-
-    from lightning_asyncsam.ascent.buffers import FlatTensors
-    from lightning_asyncsam.ascent.replica_io import ReplicaIO
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)).double()
-    params = list(net.parameters())
-    weights, x = FlatTensors([p.detach() * 1.5 for p in params]), torch.randn(4, 2, 4, 4, dtype=torch.float64)
-    results = []
-    for flat in (True, False):
-        replica = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)).double().cuda()
-        trainable = list(replica.parameters())
-        if not flat:  # channels_last is not flattenable: the per-tensor path
-            trainable[0].data = trainable[0].data.contiguous(memory_format=torch.channels_last)
-        out = FlatTensors(params)
-        rio = ReplicaIO(trainable, trainable, weights, out)
-        assert rio.flat is flat
-        rio.load(weights)
-        rio.zero_grads()
-        replica(x.cuda()).square().sum().backward()
-        results.append((rio.deliver(out, rho), [v.clone() for v in out.views()]))
-    (norm, got), (ref_norm, want) = results
-    assert norm == pytest.approx(ref_norm, rel=1e-10)
-    assert all(g.device.type == "cpu" and torch.allclose(g, w, rtol=1e-10, atol=1e-14) for g, w in zip(got, want))
