@@ -11,7 +11,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 import lightning_asyncsam  # noqa: F401  (registers the names)
@@ -20,6 +19,7 @@ from lightning_asyncsam.functional import cosine_similarity
 from lightning_asyncsam.rules_sam import gsam_direction_, inner, looksam_orthogonal_, looksam_reuse_
 from references_family import Shards, reference_asam, reference_gsam, reference_looksam
 from tiny import (
+    ManualClassifier,
     assert_trajectories_close,
     epochs_of,
     FiniteOnlyClassifier,
@@ -89,24 +89,6 @@ def test_gsam_without_alpha_and_looksam_every_step_are_sam() -> None:
     want = reference_sam(*_net(), _data(), RHO)
     assert_trajectories_close(_fit(GSAMStrategy(rho=RHO, alpha=0.0)), want)
     assert_trajectories_close(_fit(LookSAMStrategy(rho=RHO, interval=1)), want)
-
-
-class ManualClassifier(TinyClassifier):
-    """Manual optimization: the ascent comes from ascent_loss, d is rebuilt inside opt.step()."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def ascent_loss(self, batch):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(self.ascent_loss(batch))
-        opt.step()
 
 
 def test_manual_optimization_matches_reference() -> None:

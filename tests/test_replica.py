@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from lightning_asyncsam import AsyncSAMStrategy
 from lightning_asyncsam.ascent.replica import ReplicaAttributeError, TrainerStandIn
 from lightning_asyncsam.ascent.worker import AscentWorkerError
-from tiny import TinyClassifier, loader, make_data, trainer
+from tiny import ManualClassifier, TinyClassifier, loader, make_data, trainer
 
 BATCHES = 6  # 48 samples, batch 8
 
@@ -105,28 +105,22 @@ def test_the_stand_in_is_read_only() -> None:
     assert not hasattr(t, "datamodule") and t.logger is None and t.loggers == []
 
 
-class ManualReader(TinyClassifier):
+class ManualReader(ManualClassifier):
     """Manual optimization: ``manual_backward`` in the training step, ``ascent_loss`` for the replica."""
 
     def __init__(self, marker: str) -> None:
         super().__init__()
-        self.automatic_optimization = False
         self.marker = marker
         self.main_pid = os.getpid()
 
     def ascent_loss(self, batch):
-        x, y = batch
         assert self.trainer.optimizers[0].param_groups[0]["lr"] == 0.1 and self.trainer.max_epochs == 2
         if os.getpid() != self.main_pid:
             Path(self.marker).write_text("replica")
-        return F.cross_entropy(self(x), y)
+        return super().ascent_loss(batch)
 
     def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        opt.zero_grad()
-        loss = self.ascent_loss(batch)
-        self.manual_backward(loss)
-        opt.step()
+        loss = super().training_step(batch, batch_idx)
         self.log("train_loss", loss, sync_dist=True)
         return loss
 

@@ -70,7 +70,6 @@ class AscentHost(Protocol):
     _direction_flats: list[Tensor]
     _params: list[Tensor]
     perturb_ms: float
-    time_perturb: bool
     added_ms: float
     rho: float
 
@@ -160,7 +159,6 @@ class AsyncSAMCallback(BatchFreeCallback):
         direction = None
         scaled = self._delivers_step
         self._e_norm = None
-        strategy.time_perturb = self.log_step  # perturb_ms is only read on a logging step
         in_flight = worker.in_flight
         if in_flight is not None:
             if in_flight == step - 1:

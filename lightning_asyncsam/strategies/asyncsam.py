@@ -134,9 +134,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._targets: list[Tensor] = []             # what perturb and restore write: the flats, or the parameters
         self._published_by: tuple[AscentWorker | None, bool] = (None, False)  # whose views _published_* are
         self._published_views: list[Tensor] = []
-        # Whether perturb and restore time themselves into perturb_ms (set per step by the callback:
-        # the value is only logged on logging steps; the overrides' own timers count them anyway).
-        self.time_perturb = True
 
     @property
     def threads(self) -> int:
@@ -351,7 +348,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:  # no w_t published this step (e.g. a custom loop): the base's copy
             super()._perturb(step)
             return
-        timed = self.time_perturb
+        # perturb_ms is only read on a logging step (the overrides' own timers count this anyway).
+        timed = self._sync is None or self._sync.log_step
         start = time.perf_counter() if timed else 0.0
         targets = self._targets
         if targets is not self._params:
@@ -372,7 +370,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:
             super()._restore()  # the base's own backup
             return
-        timed = self.time_perturb
+        timed = self._sync is None or self._sync.log_step  # as in _perturb
         start = time.perf_counter() if timed else 0.0
         targets = self._targets
         if targets is not self._params:
