@@ -73,6 +73,28 @@ def test_the_logged_cosine_is_that_of_e_and_the_descent_gradient(tmp_path, adapt
         assert got == pytest.approx(want, abs=1e-5)
 
 
+def test_the_latest_diagnostics_are_held_on_steps_that_do_not_log() -> None:
+    """``AsyncSAMCallback.metrics`` serves per-step readers (benchmarks/throughput.py) between logging steps too."""
+    import lightning as L
+
+    from lightning_asyncsam import AsyncSAMCallback
+
+    class Read(L.Callback):
+        def __init__(self) -> None:
+            self.perturb_ms: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync = next(c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback))
+            self.perturb_ms.append(sync.metrics["asyncsam/perturb_ms"])
+
+    read = Read()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, log_every_n_steps=50,
+                callbacks=[read])
+    t.fit(TinyClassifier(), loader(make_data(n=48, dtype=torch.float32), 8))
+    assert len(read.perturb_ms) == 6 and read.perturb_ms[0] == 0.0  # step 0 is not perturbed
+    assert all(ms > 0 for ms in read.perturb_ms[1:])  # steps 1-4 do not log; each holds its own value
+
+
 def test_auto_batch_size_settles_and_prints_one_line(tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         t, rows = _rows(tmp_path, AsyncSAMStrategy(ascent_threads=1), epochs=3, n=160)

@@ -348,9 +348,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:  # no w_t published this step (e.g. a custom loop): the base's copy
             super()._perturb(step)
             return
-        # perturb_ms is only read on a logging step (the overrides' own timers count this anyway).
-        timed = self._sync is None or self._sync.log_step
-        start = time.perf_counter() if timed else 0.0
+        start = time.perf_counter()
         targets = self._targets
         if targets is not self._params:
             # climb_ on the flat buffers (which never require grad), one method call per dtype.
@@ -360,8 +358,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             with torch.no_grad():
                 climb_(targets, step)
         self._perturbed = True
-        if timed:
-            self.perturb_ms += (time.perf_counter() - start) * 1e3
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _restore(self) -> None:
@@ -370,8 +367,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         if self._published is None:
             super()._restore()  # the base's own backup
             return
-        timed = self._sync is None or self._sync.log_step  # as in _perturb
-        start = time.perf_counter() if timed else 0.0
+        start = time.perf_counter()
         targets = self._targets
         if targets is not self._params:
             # restore_ on the flat buffers: w_t back from the copy the worker reads, one call per dtype.
@@ -381,8 +377,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             with torch.no_grad():
                 restore_(targets, self._published)
         self._perturbed = False
-        if timed:
-            self.perturb_ms += (time.perf_counter() - start) * 1e3
+        self.perturb_ms += (time.perf_counter() - start) * 1e3
 
     @override
     def _after_closure(self) -> None:
