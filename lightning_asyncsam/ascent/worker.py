@@ -78,7 +78,7 @@ excluded; benchmarks/overhead.py checks it against the difference to SGD, side b
 benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
 on this project's 2-core VM (digits recipe, b = 32): 0.115-0.125 ms per step over 20 interleaved
 repetitions (0.10-0.14 in single runs, by the VM's phase), the logging steps' share included (about
-0.1 ms each, a tenth of it per step); 105 Python calls per step more than SGD's (309 before). What
+0.1 ms each, a tenth of it per step); 108 Python calls per step more than SGD's (309 before). What
 remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
 Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish,
 perturb and restore each move come from memory that a forward and a backward have evicted (7-15
