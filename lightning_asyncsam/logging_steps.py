@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -15,8 +17,9 @@ def logs_now(trainer: "pl.Trainer") -> bool:
     Lightning's ``log`` is not free, nor is a diagnostic that needs a pass over the gradients or a
     host sync; on short steps neither is negligible. Loggers only receive values every
     ``log_every_n_steps`` anyway, so diagnostics are computed and logged exactly then (every step
-    with ``log_every_n_steps=1``), and at the end of each epoch so that
-    ``trainer.callback_metrics`` always holds recent values. Call it during a training step.
+    with ``log_every_n_steps=1``), and at the end of an epoch that has not logged yet (one shorter
+    than ``log_every_n_steps``), so that ``trainer.callback_metrics`` always holds values of the
+    current epoch. Call it during a training step.
 
     Example::
 
@@ -25,34 +28,45 @@ def logs_now(trainer: "pl.Trainer") -> bool:
         True
     """
     epoch_loop = trainer.fit_loop.epoch_loop
-    if epoch_loop.batch_progress.is_last_batch or trainer.fast_dev_run:
+    every = trainer.log_every_n_steps
+    if epoch_loop.batch_progress.is_last_batch:
+        # An epoch of at least every + 1 optimizer steps has logged at one of them already.
+        batches = epoch_loop.batch_progress.current.ready
+        if every == 0 or batches < (every + 1) * trainer.accumulate_grad_batches:
+            return True
+    if trainer.fast_dev_run:
         return True
     # Lightning's `_logger_connector.should_update_logs` for the fit loop, without its lookup of the
     # running stage (string enums compared case-insensitively): a dozen calls saved on every step.
-    every = trainer.log_every_n_steps
     return every != 0 and ((epoch_loop._batches_that_stepped + 1) % every == 0 or bool(trainer.should_stop))
 
 
-def optimizer_steps(trainer: "pl.Trainer") -> int:
-    """``trainer.global_step``, read from the training loop's progress counters directly.
+def optimizer_step_counter(trainer: "pl.Trainer", manual: bool) -> Callable[[], int]:
+    """A call with no arguments that returns ``trainer.global_step``, read from the loop's counter itself.
 
     The property walks seven Python calls (the epoch loop's, the trainer's and the strategy's
-    ``lightning_module``, ``automatic_optimization``...), on every step of a strategy that reads it.
+    ``lightning_module``, ``automatic_optimization``...), on every step of a strategy that reads it;
+    this reads one attribute of the progress tracker behind it, which Lightning updates (and
+    restores from a checkpoint) in place. Make it once per fit.
+
+    Args:
+        trainer: the trainer.
+        manual: the module optimizes manually (``automatic_optimization`` is False).
 
     Example::
 
         >>> import lightning as L
-        >>> optimizer_steps(L.Trainer(logger=False, enable_progress_bar=False))
+        >>> optimizer_step_counter(L.Trainer(logger=False, enable_progress_bar=False), manual=False)()
         0
     """
     epoch_loop = trainer.fit_loop.epoch_loop
     try:
-        automatic = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed
-        manual = epoch_loop.manual_optimization.optim_step_progress.total.completed
+        tracker = (epoch_loop.manual_optimization.optim_step_progress.total if manual
+                   else epoch_loop.automatic_optimization.optim_progress.optimizer.step.total)
+        tracker.completed
     except AttributeError:  # a Lightning release with other counters
-        return trainer.global_step
-    # One of the two counts: a fit optimizes either automatically or manually.
-    return automatic if manual == 0 else manual if automatic == 0 else trainer.global_step
+        return lambda: trainer.global_step
+    return partial(getattr, tracker, "completed")  # a C call: no Python frame
 
 
 def publish_metrics(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
@@ -86,4 +100,4 @@ def publish_metrics(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
         callback_metrics.update(zip(metrics, values.unbind()))
 
 
-__all__ = ["logs_now", "optimizer_steps", "publish_metrics"]
+__all__ = ["logs_now", "optimizer_step_counter", "publish_metrics"]

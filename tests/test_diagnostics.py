@@ -120,3 +120,28 @@ def test_auto_warns_when_the_worker_is_too_slow_for_sams_gain(tmp_path) -> None:
     t = trainer(AsyncSAMStrategy(ascent_threads=1), max_epochs=2)
     with pytest.warns(UserWarning, match=r"b / b' = 8 is far past the paper's range"):
         t.fit(SlowAscent(), loader(make_data(n=160, dtype=torch.float32), 8))
+
+
+@pytest.mark.parametrize(("every", "logged"), [(2, [1, 3, 5, 7]), (3, [2, 5]), (5, [3, 4, 7]), (50, [3, 7])],
+                         ids=["every-2", "every-3", "every-5", "every-50"])
+def test_the_diagnostics_log_at_an_epochs_end_only_when_the_epoch_has_not_logged(every, logged) -> None:
+    """Steps log at Lightning's log_every_n_steps; an epoch's last step logs too when the epoch had no
+    logging step (it is shorter than every + 1 steps), so callback_metrics hold values of every epoch."""
+    import lightning as L
+
+    from lightning_asyncsam import AsyncSAMCallback
+
+    class Read(L.Callback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync = next(c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback))
+            if sync.log_step:
+                self.steps.append(trainer.global_step - 1)
+
+    read = Read()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, log_every_n_steps=every,
+                callbacks=[read])
+    t.fit(TinyClassifier(), loader(make_data(n=32, dtype=torch.float32), 8))  # 4 steps an epoch
+    assert read.steps == logged
