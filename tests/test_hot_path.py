@@ -232,20 +232,35 @@ def test_the_worker_mirrors_what_a_training_forward_reads() -> None:
 
 
 @pytest.mark.parametrize("make", [TinyClassifier, ManualClassifier], ids=["automatic", "manual"])
-def test_the_step_counter_read_directly_is_the_global_step(make) -> None:
-    """optimizer_steps() reads Lightning's progress counters: it must say what trainer.global_step says."""
-    from lightning_asyncsam.logging_steps import optimizer_steps
+def test_the_step_counter_read_directly_is_the_global_step(make, tmp_path) -> None:
+    """optimizer_step_counter() reads Lightning's progress tracker, made once per fit: it must say what
+    trainer.global_step says on every batch, in a fit and in one resumed from its checkpoint."""
+    from lightning_asyncsam.logging_steps import optimizer_step_counter
 
     seen: list[tuple[int, int]] = []
 
     class Compare(L.Callback):
+        counter = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.counter = None
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            seen.append((optimizer_steps(trainer), trainer.global_step))
+            if self.counter is None:
+                self.counter = optimizer_step_counter(trainer, manual=not pl_module.automatic_optimization)
+            seen.append((self.counter(), trainer.global_step))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            seen.append((optimizer_steps(trainer), trainer.global_step))
+            seen.append((self.counter(), trainer.global_step))
 
     t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Compare()])
     t.fit(make(), loader(make_data(n=32, dtype=torch.float32), 8))
     assert len(seen) == 16 and all(a == b for a, b in seen), seen
     assert seen[-1][1] == 8
+    path = tmp_path / "two_epochs.ckpt"
+    t.save_checkpoint(path)
+    seen.clear()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=3, callbacks=[Compare()])
+    t.fit(make(), loader(make_data(n=32, dtype=torch.float32), 8), ckpt_path=path)
+    assert len(seen) == 8 and all(a == b for a, b in seen), seen
+    assert seen[0][1] == 8 and seen[-1][1] == 12

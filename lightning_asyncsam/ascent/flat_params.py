@@ -46,7 +46,8 @@ class FlatParameters:
     def __init__(self, params: Sequence[Tensor]) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
-        self._first = 0  # where the first parameter's data starts while it lives in the buffers
+        self._first = -1  # where the first parameter's data starts while it lives in the buffers (-1: it does not)
+        self._anchor = self._params[0] if self._params else torch.empty(0)  # the parameter that intact() reads
         if not _flattenable(self._params):
             return
         groups: dict[torch.dtype, list[Tensor]] = {}
@@ -76,7 +77,7 @@ class FlatParameters:
         ``module.to()`` and the like move every parameter, the first too, so they are caught;
         rebinding one parameter's ``.data`` in the middle of a fit is not supported.
         """
-        return bool(self.flats) and self._params[0].data_ptr() == self._first
+        return self._anchor.data_ptr() == self._first
 
     def release(self) -> None:
         """Give every parameter a storage of its own again (same values); :attr:`flats` empties."""
@@ -85,6 +86,7 @@ class FlatParameters:
                 for p in self._params:
                     p.data = p.data.clone()
         self.flats = []
+        self._first = -1
 
 
 def _flattenable(params: Sequence[Tensor]) -> bool:

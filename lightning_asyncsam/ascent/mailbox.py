@@ -79,8 +79,7 @@ class Mailbox:
     # ----------------------------------------------------------------- the trainer's side
     def post_step(self, step: int, n: int, batch_idx: int, messages: int) -> None:
         """Start ``step`` on the first ``n`` samples of the batch slot, after ``messages`` pipe messages."""
-        s = self._slots
-        s[0], s[1], s[2], s[3] = step, n, batch_idx, messages
+        self._slots[0:4] = (step, n, batch_idx, messages)  # one call: each element's write is another
         self.work.release()
 
     def post_stop(self, messages: int) -> None:
@@ -99,8 +98,8 @@ class Mailbox:
 
     def result(self) -> tuple[int, float, float, int]:
         """``(step, ascent_ms, grad_norm, samples)`` of the result last posted."""
-        s = self._slots
-        return int(s[4]), s[5], s[6], int(s[7])
+        step, ascent_ms, grad_norm, samples = self._slots[4:8]
+        return int(step), ascent_ms, grad_norm, int(samples)
 
     # ----------------------------------------------------------------- the worker's side
     def wait_step(self, spin_s: float, alive: Callable[[], bool]) -> bool:

@@ -100,7 +100,7 @@ import select
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
@@ -421,9 +421,13 @@ class AscentWorker:
         """Copy the current weights and buffers into shared memory (``w_t``)."""
         self.weights.copy_from(self._weight_sources if weights is None else weights)
 
-    def publish_flat(self, flats: Sequence[Tensor]) -> None:
-        """:meth:`publish`, with the trainable parameters given as flat buffers laid out as ``grads`` is (one copy per dtype)."""
-        self.weights.copy_from_flats(flats, len(self.grad_names), self._rest_sources)
+    def flat_publisher(self, flats: Sequence[Tensor]) -> Callable[[], object]:
+        """:meth:`publish` as a call with no arguments, for trainable parameters that live in ``flats``.
+
+        ``flats`` are laid out as ``grads`` is (one per dtype); built once, each call is one copy
+        per dtype (see :meth:`FlatTensors.flat_writer`).
+        """
+        return self.weights.flat_writer(flats, len(self.grad_names), self._rest_sources)
 
     def published_flats(self) -> list[Tensor]:
         """The published ``w_t`` of the trainable parameters as one flat view per dtype, on the main device."""
@@ -487,11 +491,11 @@ class AscentWorker:
 
         One ``sem_trywait`` on the result semaphore, no system call when nothing was posted.
         """
-        if self.in_flight is None or self._conn is None:
-            return None
         if not self._result_posted:
-            self._result_posted = self._mailbox.done.acquire(False)  # type: ignore[union-attr]
-        return self._posted_result() if self._result_posted else None
+            if self.in_flight is None or self._conn is None or not self._mailbox.done.acquire(False):  # type: ignore[union-attr]
+                return None
+            self._result_posted = True
+        return self._posted_result()
 
     def _await_result(self, timeout: float | None, what: str) -> None:
         """Block until the worker posts a result, checking every 50 ms that it lives and has not failed."""

@@ -29,7 +29,7 @@ from lightning_asyncsam.ascent.flat_params import FlatParameters
 from lightning_asyncsam.ascent.lookahead import LookaheadLoader
 from lightning_asyncsam.ascent.worker import AscentWorker
 from lightning_asyncsam.functional import adaptive_ascent_step_, climb_, restore_, scale_to_radius_
-from lightning_asyncsam.logging_steps import optimizer_steps
+from lightning_asyncsam.logging_steps import optimizer_step_counter
 from lightning_asyncsam.strategies.base import SharpnessAwareStrategy
 from lightning_asyncsam.strategies.registry import _register
 
@@ -128,12 +128,17 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.lookahead: LookaheadLoader | None = None
         self._sync: AsyncSAMCallback | None = None
         self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
+        self._step_counter: Callable[[], int] | None = None  # trainer.global_step, see optimizer_step_counter
         self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
         self._flat: FlatParameters | None = None     # the trainable parameters in one buffer per dtype, during a fit
         self._direction_flats: list[Tensor] = []     # e as one flat per dtype (what self.direction's views alias)
         self._targets: list[Tensor] = []             # what perturb and restore write: the flats, or the parameters
-        self._published_by: tuple[AscentWorker | None, bool] = (None, False)  # whose views _published_* are
+        # The worker whose buffers _published_views are views of: flat ones (with _write_published), or
+        # one view per parameter.
+        self._published_by: AscentWorker | None = None
+        self._published_views_of: AscentWorker | None = None
         self._published_views: list[Tensor] = []
+        self._write_published: Callable[[], object] = _nothing
 
     @property
     def threads(self) -> int:
@@ -168,6 +173,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             self._plain_transfer = None
             self._release_flat()
             self._flat = FlatParameters(self._params)
+            self._step_counter = None  # made at this fit's first step
             self._start_worker()
 
     def _start_worker(self) -> None:
@@ -224,6 +230,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         worker, self.worker = self.worker, None
         self.direction = None
         self._published = None
+        self._published_by = self._published_views_of = None  # nothing keeps the closed worker's buffers
+        self._published_views = []
+        self._write_published = _nothing
         self._affinity.restore()
         if worker is not None:
             worker.close()
@@ -332,16 +341,21 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         With the parameters in flat buffers (:mod:`lightning_asyncsam.ascent.flat_params`), the
         publication, each perturbation and each restore are one operation per dtype.
         """
-        flat = self._flat if self._flat is not None and self._flat.intact() else None
-        if flat is not None:
-            worker.publish_flat(flat.flats)
+        flat = self._flat
+        if flat is not None and flat.intact():
+            if self._published_by is not worker:  # the same buffers every step: the views and the writer made once
+                self._published_by, self._published_views_of = worker, None
+                self._published_views = worker.published_flats()
+                self._write_published = worker.flat_publisher(flat.flats)
+            self._write_published()
+            self._targets = flat.flats
         else:
             worker.publish()
-        if self._published_by != (worker, flat is not None):  # views of the same buffers every step: made once
-            self._published_by = (worker, flat is not None)
-            self._published_views = worker.published_flats() if flat is not None else worker.published_params()
+            if self._published_views_of is not worker:  # views of the same buffers every step
+                self._published_by, self._published_views_of = None, worker
+                self._published_views = worker.published_params()
+            self._targets = self._params
         self._published = self._published_views
-        self._targets = flat.flats if flat is not None else self._params
 
     @override
     def _perturb(self, step: Sequence[Tensor]) -> None:
@@ -402,7 +416,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         worker, sync = self.worker, self._sync
         if worker is not None and sync is not None:
             trainer = self._lightning_module._trainer  # type: ignore[union-attr]
-            step = optimizer_steps(trainer)  # trainer.global_step
+            counter = self._step_counter
+            if counter is None:
+                counter = self._step_counter = optimizer_step_counter(trainer, self._manual)  # type: ignore[arg-type]
+            step = counter()  # trainer.global_step
             if not sync.synced(step):  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
         return self.direction
@@ -411,6 +428,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
+
+
+def _nothing() -> None:
+    """No worker, nothing to publish."""
 
 
 def _plain_transfer(trainer: "pl.Trainer") -> bool:
