@@ -173,7 +173,7 @@ class AsyncSAMCallback(BatchFreeCallback):
                     self._after_ascent(strategy, result.ascent_ms, result.samples, start)
                 if math.isfinite(result.grad_norm):
                     direction = worker.grads[in_flight % 2]
-                    if scaled:  # e = rho g / (||g|| + EPS), so ||e|| needs no pass over e
+                    if scaled and self.log_step:  # e = rho g / (||g|| + EPS): the cosine needs no pass over e for ||e||
                         self._e_norm = strategy.rho * result.grad_norm / (result.grad_norm + EPS)
                 else:
                     self._skip(strategy)

@@ -332,11 +332,11 @@ class AscentWorker:
             raise ValueError(f"AsyncSAM: optimizer parameters {missing} are not parameters of the LightningModule")
         self.grad_names = tuple(by_id[id(p)] for p in grad_params)
         # The trainable ones first, in grad_params order: they form a prefix of each dtype's buffer,
-        # which publish_flat() writes in one copy.
+        # which flat_publisher() writes in one copy.
         trainable = set(self.grad_names)
         self.weight_names = self.grad_names + tuple(n for n in tensors if n not in trainable)
         self._weight_sources = [tensors[n] for n in self.weight_names]
-        self._rest_sources = self._weight_sources[len(self.grad_names):]  # the same list every step (see publish_flat)
+        self._rest_sources = self._weight_sources[len(self.grad_names):]  # the same list every step (see flat_publisher)
         with torch.no_grad():
             self.weights = FlatTensors([t.detach() for t in self._weight_sources])
             self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
