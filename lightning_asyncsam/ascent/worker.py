@@ -63,7 +63,7 @@ trainable parameters live in one flat buffer per dtype during the fit,
 which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`);
 one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a flat
 tuple or list of them shaped like the last batch); one snapshot comparison of the optimizers'
-hyperparameters; four numbers written and one ``sem_post``. Each micro-batch adds one addition
+hyperparameters; four numbers written in one call and one ``sem_post``. Each micro-batch adds one addition
 (perturb) and one copy (restore) per dtype: the published ``w_t`` is the backup. On a CPU these
 are plain tensor methods, not foreach calls (whose extra dispatch costs microseconds when it runs
 cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
@@ -76,9 +76,13 @@ times every override that Lightning calls per batch (``training_step``, ``post_b
 ``optimizer_step`` and its closure, ``batch_to_device``, the lookahead), waiting for the worker
 excluded; benchmarks/overhead.py checks it against the difference to SGD, side by side, and
 benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
-on this project's 2-core VM (digits recipe, b = 32): 0.115-0.125 ms per step over 20 interleaved
-repetitions (0.10-0.14 in single runs, by the VM's phase), the logging steps' share included (about
-0.1 ms each, a tenth of it per step); 108 Python calls per step more than SGD's (309 before). What
+on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.104-0.112 ms per
+step over 10-12 interleaved repetitions (0.10-0.14 in single runs, by the VM's phase), the logging
+steps' share included (about 0.1 ms each, four in an epoch of 45 steps: an epoch's last step logs
+only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
+copy is a writer built once per worker (for one flat buffer on a CPU, the tensor's own ``copy_``
+bound to its source: no Python frame), and the global step is read through a counter made once
+per fit (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What
 remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
 Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish,
 perturb and restore each move come from memory that a forward and a backward have evicted (7-15
