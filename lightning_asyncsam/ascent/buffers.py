@@ -93,29 +93,12 @@ class FlatTensors:
         else:
             torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
 
-    def copy_from_flats(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> None:
-        """Write the first ``count`` tensors from ``flats`` and the others from ``rest``, in one call.
+    def flat_writer(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> Callable[[], object]:
+        """A call with no arguments that writes the first ``count`` tensors from ``flats`` and the others from ``rest``.
 
         ``flats`` hold those ``count`` tensors laid out as here (one per dtype, in the order of
-        their dtypes' first appearance): each is one copy, however many tensors it holds. The
-        writer (:meth:`flat_writer`) is built once per (``flats``, ``count``, ``rest``): the caller
-        passes the same list objects every step.
-
-        Example::
-
-            >>> flat = FlatTensors([torch.zeros(2), torch.zeros(3), torch.zeros(1)])
-            >>> flat.copy_from_flats([torch.arange(5.0)], count=2, rest=[torch.tensor([9.0])])
-            >>> [v.tolist() for v in flat.views()]
-            [[0.0, 1.0], [2.0, 3.0, 4.0], [9.0]]
-        """
-        plan = self.__dict__.get("_plan")
-        if plan is None or plan[0] is not flats or plan[1] is not rest or plan[2] != count:
-            plan = (flats, rest, count, self.flat_writer(flats, count, rest))
-            self.__dict__["_plan"] = plan
-        plan[3]()
-
-    def flat_writer(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> Callable[[], object]:
-        """A call with no arguments that does what :meth:`copy_from_flats` does, for these tensors' current values.
+        their dtypes' first appearance): each is one copy, however many tensors it holds. Each call
+        copies the sources' current values.
 
         Built once, it costs each step only the copies: for parameters in one flat buffer on a CPU
         (the common case), it is the tensor's own ``copy_`` bound to its source, one C call with no
@@ -130,6 +113,10 @@ class FlatTensors:
             >>> _ = write()
             >>> [v.tolist() for v in flat.views()]
             [[1.0, 2.0], [3.0]]
+            >>> flat = FlatTensors([torch.zeros(2), torch.zeros(3), torch.zeros(1)])
+            >>> _ = flat.flat_writer([torch.arange(5.0)], count=2, rest=[torch.tensor([9.0])])()
+            >>> [v.tolist() for v in flat.views()]
+            [[0.0, 1.0], [2.0, 3.0, 4.0], [9.0]]
         """
         staged = self._staging is not None and flats[0].device == self._staging[0].device
         views = self._staging_views if staged else self.views()
