@@ -142,3 +142,55 @@ class ManualBackwardInAscent(ManualReader):
 def test_manual_backward_in_the_replica_is_refused_with_the_remedy(tmp_path: Path) -> None:
     with pytest.raises(AscentWorkerError, match=r"`self.manual_backward\(\)` \(return the loss from `ascent_loss`"):
         _fit(ManualBackwardInAscent(str(tmp_path / "marker")))
+
+
+class StepScheduled(TinyClassifier):
+    """Adam under OneCycleLR stepped every optimizer step: the learning rate and ``betas`` change at every step."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log_path = log
+        self.main_pid = os.getpid()
+
+    def training_step(self, batch, batch_idx):
+        if os.getpid() != self.main_pid:  # the replica writes what its stand-in holds at this step
+            group = self.trainer.optimizers[0].param_groups[0]
+            with open(self.log_path, "a") as f:
+                f.write(f"{self.global_step} {group['lr']!r} {group['betas']!r} {group['weight_decay']!r}\n")
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=0.01, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=2 * BATCHES + 2)
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+
+def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path: Path, monkeypatch) -> None:
+    """Numbers that change alone (lr, Adam's betas) reach the stand-in every step without a pipe message."""
+    from lightning_asyncsam.ascent.worker import AscentWorker
+
+    messages: list[int] = []
+    sync = AscentWorker._sync_trainer
+
+    def counting(self, conn):
+        sent = sync(self, conn)
+        messages.append(sent)
+        return sent
+
+    monkeypatch.setattr(AscentWorker, "_sync_trainer", counting)
+    seen: dict[int, str] = {}
+
+    class Main(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            group = trainer.optimizers[0].param_groups[0]
+            seen[trainer.global_step] = f"{group['lr']!r} {group['betas']!r} {group['weight_decay']!r}"
+
+    log = tmp_path / "replica.log"
+    t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Main()])
+    t.fit(StepScheduled(str(log)), loader(make_data(dtype=torch.float32), 8))
+    rows = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 * BATCHES and len(set(seen.values())) == 2 * BATCHES  # a new lr every step
+    for step, values in rows:
+        assert values == seen[int(step)], (step, values, seen[int(step)])  # exactly the trainer's, reprs equal
+    # The first step sends everything and the second epoch's first its epoch; the scheduler's steps, nothing.
+    assert messages == [1] + [0] * (BATCHES - 1) + [1] + [0] * (BATCHES - 1)

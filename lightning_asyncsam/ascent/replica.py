@@ -6,7 +6,9 @@ same: an epoch-based warm-up (``self.current_epoch``), ``self.trainer.max_epochs
 ``self.trainer.optimizers[0].param_groups[0]["lr"]`` logged beside the loss. The replica therefore
 gets a :class:`TrainerStandIn` holding the trainer's scalar state: the values that never change
 during a fit travel once, at the first step, and afterwards only what changed (the epoch, the
-optimizers' hyperparameters such as the learning rate); the global step is the step number itself.
+optimizers' hyperparameters such as the learning rate: numbers that change alone, as a scheduler's do,
+through shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); the global step is the
+step number itself.
 Anything else raises :class:`ReplicaAttributeError`, which names the attribute and the remedy.
 
 In the replica ``self.log`` and ``self.log_dict`` do nothing (the trainer logs the real step),
@@ -22,13 +24,14 @@ compiles its own ``forward``, ``training_step`` and ``ascent_loss`` the same way
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
 
 from torch import nn
+
+from lightning_asyncsam.ascent.hyperparameters import plain_hyperparameters
 
 # What a fit never changes, read once at the first step (names of Trainer properties).
 STATIC_FIELDS = (
@@ -57,7 +60,9 @@ class ReadOnlyOptimizer:
     """An optimizer as the replica sees it: ``param_groups`` holds each group's hyperparameters, read-only."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
-        self.param_groups = [MappingProxyType(dict(g)) for g in groups]
+        # The dicts behind the read-only views: SharedHyperparameters.apply writes a scheduler's new numbers there.
+        self._groups = [dict(g) for g in groups]
+        self.param_groups = [MappingProxyType(g) for g in self._groups]
 
     def __getattr__(self, name: str) -> Any:
         raise _unavailable(f"`optimizer.{name}`")
@@ -97,6 +102,10 @@ class TrainerStandIn:
                 value = [ReadOnlyOptimizer(groups) for groups in value]
             object.__setattr__(self, name, value)
 
+    def _hyperparameter_groups(self) -> list[list[dict[str, Any]]]:
+        """The optimizers' hyperparameter dicts behind the read-only views (for the worker's updates, not the user)."""
+        return [opt._groups for opt in self.optimizers]
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)  # pickle and copy probe dunders: a plain miss
@@ -123,19 +132,7 @@ def trainer_statics(trainer: Any) -> dict[str, Any]:
 def trainer_dynamics(trainer: Any) -> dict[str, Any]:
     """The state that changes during a fit, besides the global step: the epoch and the optimizers' hyperparameters."""
     return {"current_epoch": trainer.current_epoch,
-            "optimizers": [[_hyperparameters(g) for g in opt.param_groups] for opt in trainer.optimizers]}
-
-
-def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in group.items() if k != "params" and _plain(v)}
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, (bool, int, str)) or value is None:
-        return True
-    if isinstance(value, float):
-        return not math.isnan(value)  # NaN != NaN would resend it every step
-    return isinstance(value, tuple) and all(_plain(v) for v in value)
+            "optimizers": [[plain_hyperparameters(g) for g in opt.param_groups] for opt in trainer.optimizers]}
 
 
 # ------------------------------------------------------------------ the replica's side

@@ -25,8 +25,10 @@ The contract, which the tests check:
    ``self.global_step``, ``self.trainer.max_epochs``, ``max_steps``,
    ``estimated_stepping_batches``, the optimizers' ``param_groups`` hyperparameters (the current
    learning rate) and the other scalars a training step reads. What a fit never changes travels
-   once, at the first step; afterwards only the epoch and hyperparameters that changed, and the
-   global step is the step number itself, so a step's message stays a few scalars. Anything else
+   once, at the first step; afterwards only the epoch and hyperparameters that changed (numbers that
+   change alone, as a per-step scheduler's do, through shared memory with no message:
+   :mod:`lightning_asyncsam.ascent.hyperparameters`), and the global step is the step number
+   itself, so a step's message stays a few scalars. Anything else
    raises an ``AttributeError`` that names it and points to ``ascent_loss(self, batch)``.
    ``self.log`` and ``self.log_dict`` do nothing in the replica: the trainer logs the real step.
 4. A module compiled with ``torch.compile`` travels uncompiled with its compile context (backend,
@@ -50,8 +52,10 @@ The contract, which the tests check:
 
 Per step nothing crosses the pipe: four numbers cross each way through shared memory, signalled
 by two semaphores (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
-buffers (:mod:`lightning_asyncsam.ascent.buffers`). The pipe carries what is rare: the batch's
-layout when it changes, the trainer stand-in's changes, a stop, an error's traceback.
+buffers (:mod:`lightning_asyncsam.ascent.buffers`), as do the numbers of a scheduler's step
+(:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
+layout when it changes, the trainer stand-in's other changes (the epoch, a new param group), a
+stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
@@ -114,6 +118,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
+from lightning_asyncsam.ascent.hyperparameters import SharedHyperparameters
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
 from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
 from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
@@ -211,7 +216,7 @@ def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors],
-                 mailbox: Mailbox) -> None:
+                 mailbox: Mailbox, hyperparameters: SharedHyperparameters) -> None:
     """Entry point of the worker process."""
     try:
         if spec.start_method == "fork":
@@ -258,9 +263,12 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     layout = msg[1]
                 elif msg[0] == "trainer":
                     trainer.update(msg[1])
+                    if "optimizers" in msg[1]:
+                        hyperparameters.adopt(msg[1]["optimizers"])
             if step < 0:
                 return
             trainer.update({"global_step": step})
+            hyperparameters.apply(trainer._hyperparameter_groups())  # a scheduler's numbers, if they changed
             start = time.perf_counter()
             io.load(weights)
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
@@ -363,6 +371,8 @@ class AscentWorker:
         self.cuda_initialized: bool | None = None  # reported by the worker: did it create a CUDA context?
         self.in_flight: int | None = None
         self._mailbox: Mailbox | None = None
+        self._hyperparameters = SharedHyperparameters()  # replaced at each start(), with the mailbox
+        self._numbers_written = False  # hyperparameters changed through it since the last message
         self._result_posted = False  # take() took the done semaphore of the step in flight
 
     @property
@@ -390,16 +400,18 @@ class AscentWorker:
         ctx = mp.get_context(self.start_method)
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._mailbox = Mailbox(ctx)
+        self._hyperparameters = SharedHyperparameters()
         self._result_posted = False
         self._process = ctx.Process(
             target=_worker_main,
             args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads,
-                  self._mailbox),
+                  self._mailbox, self._hyperparameters),
             name="asyncsam-ascent-worker",
             daemon=True,
         )
         self._conn = parent_conn
         self._trainer_sent = self._trainer_snapshot = None
+        self._numbers_written = False
         self._optimizers, self._optimizers_epoch = None, -1
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
             self._process.start()
@@ -554,7 +566,14 @@ class AscentWorker:
             groups = optimizers[0].param_groups if len(optimizers) == 1 else [
                 g for o in optimizers for g in o.param_groups]
             snapshot = (epoch, list(map(tuple, map(dict.values, groups))))
-            if self._trainer_snapshot is not None and snapshot == self._trainer_snapshot:
+            previous = self._trainer_snapshot
+            if previous is not None and snapshot == previous:
+                return 0
+            # In the same epoch, numbers alone changed (a scheduler stepped): written in place, no message.
+            if previous is not None and epoch == previous[0] and self._hyperparameters.write_numbers(
+                    [o.param_groups for o in optimizers]):
+                self._trainer_snapshot = snapshot
+                self._numbers_written = True
                 return 0
         except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
             snapshot = None
@@ -563,11 +582,16 @@ class AscentWorker:
         if self._trainer_sent is None:
             state.update(trainer_statics(trainer))
             self._trainer_sent = {}
-        changed = {k: v for k, v in state.items() if k not in self._trainer_sent or self._trainer_sent[k] != v}
+        # What the numbers written in place changed is not in _trainer_sent: the hyperparameters travel again.
+        changed = {k: v for k, v in state.items() if k not in self._trainer_sent or self._trainer_sent[k] != v
+                   or (k == "optimizers" and self._numbers_written)}
         if not changed:
             return 0
         conn.send(("trainer", changed))
         self._trainer_sent.update(changed)
+        if "optimizers" in changed:
+            self._hyperparameters.adopt(changed["optimizers"])
+            self._numbers_written = False
         return 1
 
     def _require_conn(self) -> Connection:
