@@ -77,3 +77,27 @@ def test_batch_slot_relayouts_when_the_batch_changes() -> None:
 def test_batch_size_needs_a_tensor() -> None:
     with pytest.raises(ValueError, match="no tensor with a batch dimension"):
         BatchSlot.batch_size(("a", 1))
+
+
+def test_a_dict_of_tensors_takes_the_fast_path(monkeypatch) -> None:
+    """After its first write, a dict batch shaped like the last one costs no pytree walk on either side."""
+    from lightning_asyncsam.ascent import buffers
+    from lightning_asyncsam.ascent.replica_io import BatchReader
+
+    walks: list[int] = []
+    flatten = buffers.tree_flatten
+    monkeypatch.setattr(buffers, "tree_flatten", lambda tree: walks.append(1) or flatten(tree))
+    slot, reader = BatchSlot(), BatchReader()
+    assert slot.write({"image": torch.randn(8, 3), "label": torch.arange(8)}, 4) is True
+    first = len(walks)
+    for i in range(3):
+        batch = {"image": torch.randn(8, 3), "label": torch.arange(8) + i}
+        assert slot.write(batch, 4) is False
+        got = reader.read(slot.layout, 4, torch.device("cpu"))
+        assert list(got) == ["image", "label"]
+        assert torch.equal(got["image"], batch["image"][:4]) and torch.equal(got["label"], batch["label"][:4])
+    assert len(walks) == first  # no walk after the first write
+    swapped = {"label": torch.arange(8), "image": torch.randn(8, 3)}  # the same keys in another order: a new layout
+    assert slot.write(swapped, 4) is True
+    got = reader.read(slot.layout, 4, torch.device("cpu"))
+    assert list(got) == ["label", "image"] and torch.equal(got["image"], swapped["image"][:4])

@@ -283,8 +283,9 @@ class BatchSlot:
     first dimension is the batch size get a shared buffer; everything else travels in the layout,
     which is pickled only when it changes (a new shape, dtype or constant leaf).
 
-    Per step, a batch that is a tensor or a flat tuple or list of tensors (the common case) costs no
-    pytree walk: its leaves are the batch itself, and its structure key is its type and length.
+    Per step, a batch that is a tensor, a flat tuple or list of tensors, or a dict of tensors (the
+    common cases) costs no pytree walk: its leaves are the batch's own values, and its structure key
+    is its type and length (and a dict's keys, in order).
 
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
@@ -309,8 +310,9 @@ class BatchSlot:
         self._targets: list[Tensor | None] = []  # views of the buffers' first _targets_n rows
         self._targets_n = -1
         # The last write, for the next one's O(1) check: (type, n asked for, size, [(dtype, shape) per
-        # leaf]), kept where the batch is a tensor or a flat tuple or list of tensors; None otherwise.
-        self._last: tuple[type, int, int, list[tuple[torch.dtype, torch.Size]]] | None = None
+        # leaf], a dict's keys), kept where the batch is a tensor or a flat tuple, list or dict of
+        # tensors; None otherwise.
+        self._last: tuple[type, int, int, list[tuple[torch.dtype, torch.Size]], tuple[Any, ...] | None] | None = None
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
 
@@ -322,6 +324,8 @@ class BatchSlot:
         kind = type(batch)
         if (kind is tuple or kind is list) and all(isinstance(x, Tensor) for x in batch):
             return list(batch), (kind, len(batch))
+        if kind is dict and all(isinstance(x, Tensor) for x in batch.values()):
+            return list(batch.values()), (dict, tuple(batch))  # pytree's order too: the values as inserted
         return tree_flatten(batch)
 
     @staticmethod
@@ -341,9 +345,18 @@ class BatchSlot:
             True when the layout changed, so that the caller must send ``self.layout`` to the worker.
         """
         kind = type(batch)
-        plain = batch if kind is tuple or kind is list else (batch,) if kind is Tensor else None
+        keys = None
+        if kind is tuple or kind is list:
+            plain = batch
+        elif kind is Tensor:
+            plain = (batch,)
+        elif kind is dict:
+            plain, keys = tuple(batch.values()), tuple(batch)
+        else:
+            plain = None
         last = self._last
-        if plain is not None and last is not None and last[0] is kind and last[1] == n and len(plain) == len(last[3]):
+        if (plain is not None and last is not None and last[0] is kind and last[1] == n and len(plain) == len(last[3])
+                and keys == last[4]):
             # The common case, a batch shaped like the last one: no walk, no key, cached slices.
             same = True
             try:
@@ -394,7 +407,7 @@ class BatchSlot:
                     x = x.detach()
                 dst.copy_(x if n == size else x[:n])
         if plain is not None and all(isinstance(x, Tensor) for x in plain):
-            self._last = (kind, requested, size, [(x.dtype, x.shape) for x in plain])
+            self._last = (kind, requested, size, [(x.dtype, x.shape) for x in plain], keys)
         self.size, self.n = size, n
         return changed
 

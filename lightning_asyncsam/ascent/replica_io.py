@@ -149,7 +149,7 @@ class BatchReader:
     """Rebuilds the first ``n`` samples of a :class:`~lightning_asyncsam.ascent.buffers.BatchSlot`'s batch (worker side).
 
     On a CPU the rebuilt tensors are views of the shared slot, sliced once per (layout, n); a
-    tensor or a flat tuple or list of them is rebuilt without a pytree walk.
+    tensor or a flat tuple, list or dict of them is rebuilt without a pytree walk.
 
     Example::
 
@@ -178,12 +178,16 @@ class BatchReader:
 
 
 def _builder(spec: TreeSpec) -> Any:
-    """A function of the leaves that rebuilds ``spec``'s container: a tensor, a flat tuple or list, else pytree's."""
+    """A function of the leaves that rebuilds ``spec``'s container: a tensor, a flat tuple, list or dict, else pytree's."""
     if spec.is_leaf():
         return lambda leaves: leaves[0]
     kind = spec.type
-    if kind in (tuple, list) and all(child.is_leaf() for child in spec.children()):
+    flat = all(child.is_leaf() for child in spec.children())
+    if kind in (tuple, list) and flat:
         return tuple if kind is tuple else list
+    if kind is dict and flat:
+        keys = list(spec.context)
+        return lambda leaves: dict(zip(keys, leaves))
     return lambda leaves: tree_unflatten(leaves, spec)
 
 

@@ -66,8 +66,10 @@ trainable parameters live in one flat buffer per dtype during the fit,
 :mod:`lightning_asyncsam.ascent.flat_params`; torch's batch and instance norms' running statistics,
 which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`);
 one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a flat
-tuple or list of them shaped like the last batch); one snapshot comparison of the optimizers'
-hyperparameters; four numbers written in one call and one ``sem_post``. Each micro-batch adds one addition
+tuple, list or dict of them shaped like the last batch); one snapshot comparison of the optimizers'
+hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
+into shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); four numbers written in one
+call and one ``sem_post``. Each micro-batch adds one addition
 (perturb) and one copy (restore) per dtype: the published ``w_t`` is the backup. On a CPU these
 are plain tensor methods, not foreach calls (whose extra dispatch costs microseconds when it runs
 cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
