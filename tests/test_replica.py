@@ -194,3 +194,50 @@ def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path
         assert values == seen[int(step)], (step, values, seen[int(step)])  # exactly the trainer's, reprs equal
     # The first step sends everything and the second epoch's first its epoch; the scheduler's steps, nothing.
     assert messages == [1] + [0] * (BATCHES - 1) + [1] + [0] * (BATCHES - 1)
+
+
+class FrozenScale(TinyClassifier):
+    """A frozen parameter and a buffer that the forward reads, changed by a callback after every step."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+        self.register_buffer("shift", torch.zeros(1))
+        self.log_path = log
+        self.main_pid = os.getpid()
+
+    def forward(self, x):
+        return super().forward(x) * self.scale + self.shift
+
+    def training_step(self, batch, batch_idx):
+        if os.getpid() != self.main_pid:
+            with open(self.log_path, "a") as f:
+                f.write(f"{self.global_step} {self.scale.item()!r} {self.shift.item()!r}\n")
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+def test_frozen_tensors_that_change_reach_the_replica(tmp_path: Path) -> None:
+    """The rest (parameters outside the optimizer, buffers) crosses when it changes, so the replica reads its values."""
+    seen: dict[int, str] = {}
+
+    class Change(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen[trainer.global_step] = f"{pl_module.scale.item()!r} {pl_module.shift.item()!r}"
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            with torch.no_grad():
+                if batch_idx % 2 == 0:
+                    pl_module.scale.mul_(1.5)
+                else:
+                    pl_module.shift.add_(0.25)
+
+    log = tmp_path / "replica.log"
+    t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Change()])
+    t.fit(FrozenScale(str(log)), loader(make_data(dtype=torch.float32), 8))
+    rows = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 * BATCHES and len(set(seen.values())) == 2 * BATCHES
+    for step, values in rows:
+        assert values == seen[int(step)], (step, values, seen[int(step)])

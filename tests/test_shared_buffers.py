@@ -101,3 +101,39 @@ def test_a_dict_of_tensors_takes_the_fast_path(monkeypatch) -> None:
     assert slot.write(swapped, 4) is True
     got = reader.read(slot.layout, 4, torch.device("cpu"))
     assert list(got) == ["label", "image"] and torch.equal(got["image"], swapped["image"][:4])
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["host", "staged"])
+def test_the_rest_is_written_only_when_it_changed(staged) -> None:
+    """Frozen parameters and buffers cross when their version counter or address moves, and every
+    REST_REFRESH_STEPS writes in any case (a write through ``.data`` moves neither)."""
+    from lightning_asyncsam.ascent.buffers import REST_REFRESH_STEPS
+
+    trainable = torch.arange(5.0)  # two trainable tensors, laid out flat: 2 + 3
+    frozen, buffer = torch.ones(4), torch.zeros(2)
+    flat = FlatTensors([trainable[:2], trainable[2:], frozen, buffer])
+    if staged:
+        flat.stage("cpu")  # the GPU's path, on the CPU: through a staging copy, then to the host
+    write = flat.flat_writer([trainable], count=2, rest=[frozen, buffer])
+    host = flat.views()
+
+    def rest_written() -> bool:
+        host[2].fill_(-7.0)
+        host[3].fill_(-7.0)
+        trainable.add_(1.0)
+        write()
+        assert torch.equal(host[0], trainable[:2]) and torch.equal(host[1], trainable[2:])  # always
+        return bool((host[2] != -7.0).all())
+
+    assert rest_written()  # the first write
+    assert not rest_written()  # nothing changed
+    with torch.no_grad():
+        frozen.mul_(2.0)  # in place: its version counter moves
+    assert rest_written() and torch.equal(host[2], frozen)
+    buffer.data = torch.full((2,), 3.0)  # rebound: its address moves
+    assert rest_written() and torch.equal(host[3], buffer)
+    frozen.data.add_(1.0)  # through .data: neither moves, until the periodic full write
+    calls = 0
+    while not rest_written():
+        calls += 1
+    assert 0 < calls < REST_REFRESH_STEPS and torch.equal(host[2], frozen)

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+
+REST_REFRESH_STEPS = 50  # flat_writer writes the unchanged rest at least this often (see there)
+_VERSION = attrgetter("_version")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,14 @@ class FlatTensors:
         Python frame. A Python line costs about a tenth of a microsecond cold, mid-step, and this
         runs every step.
 
+        The ``rest`` (parameters outside the optimizers, buffers) are copied only when one of them
+        changed since the last write: a frozen backbone would otherwise cross every step, its whole
+        size (on a GPU, device to host). A change is what moves a tensor's version counter (any
+        in-place operation on it, ``load_state_dict``, an optimizer's or an EMA's update) or its
+        address (``.data`` rebound to a new tensor); writes through ``.data`` in place, which
+        autograd does not see either, are caught by a full write every :data:`REST_REFRESH_STEPS`
+        calls. Checking costs two C-level passes over the rest's tensors, no Python line per tensor.
+
         Example::
 
             >>> flat, source = FlatTensors([torch.zeros(2), torch.zeros(1)]), torch.arange(3.0)
@@ -120,14 +133,20 @@ class FlatTensors:
         """
         staged = self._staging is not None and flats[0].device == self._staging[0].device
         views = self._staging_views if staged else self.views()
-        targets = self._prefixes_of(self._staging if staged else self._flats, count) + views[count:]  # type: ignore[arg-type]
-        sources = list(flats) + list(rest)
-        if not staged and not rest and len(targets) == 1 and targets[0].device.type == "cpu":
-            return partial(targets[0].copy_, sources[0])
+        prefixes = self._prefixes_of(self._staging if staged else self._flats, count)  # type: ignore[arg-type]
+        flats, rest = list(flats), list(rest)
+        rest_targets = views[count:]
+        if not staged and not rest and len(prefixes) == 1 and prefixes[0].device.type == "cpu":
+            return partial(prefixes[0].copy_, flats[0])
         # A CPU runs a foreach call as a loop of copies, and its extra dispatch costs microseconds
         # when it runs cold, mid-step (3 more for one 96 KB copy on this project's VM); a GPU fuses them.
-        fused = targets[0].device.type != "cpu"
-        host_flats, host_staging, pinned = self._flats, self._staging, self._pinned
+        fused = prefixes[0].device.type != "cpu" if prefixes else True
+        pinned = self._pinned
+        # From the staging copy to the host: everything when the rest was written, else the prefixes.
+        host_all = list(zip(self._flats, self._staging or []))
+        host_prefixes = list(zip(self._prefixes_of(self._flats, count), prefixes)) if staged else []
+        # The rest (frozen parameters, buffers) as last written: their version counters and addresses.
+        seen: list[Any] = [None, None, 0]
 
         def write() -> None:
             # Autograd off where a source may require grad (one of ``rest``: a parameter outside the
@@ -136,17 +155,26 @@ class FlatTensors:
             grad = bool(rest) and torch.is_grad_enabled()
             if grad:
                 torch._C._set_grad_enabled(False)
+            fresh = False
             try:
                 if fused:
-                    torch._foreach_copy_(targets, sources)
+                    torch._foreach_copy_(prefixes, flats)
                 else:
-                    for target, source in zip(targets, sources):
+                    for target, source in zip(prefixes, flats):
                         target.copy_(source)
+                if rest:
+                    # Unchanged since the last write (read in C, no Python line per tensor): not copied.
+                    versions, pointers = list(map(_VERSION, rest)), list(map(Tensor.data_ptr, rest))
+                    seen[2] += 1
+                    if versions != seen[0] or pointers != seen[1] or seen[2] >= REST_REFRESH_STEPS:
+                        torch._foreach_copy_(rest_targets, rest)
+                        seen[:] = versions, pointers, 0
+                        fresh = True
             finally:
                 if grad:
                     torch._C._set_grad_enabled(True)
             if staged:
-                for flat, staging in zip(host_flats, host_staging):  # type: ignore[arg-type]
+                for flat, staging in host_all if fresh else host_prefixes:
                     flat.copy_(staging, non_blocking=pinned)
 
         return write
