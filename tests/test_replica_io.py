@@ -164,3 +164,37 @@ def test_parameters_moved_by_the_replicas_code_fall_back_to_the_per_tensor_path(
         p.data = p.data.clone()
     assert _step(replica, rio, weights, out, x, rho=None) == pytest.approx(want, rel=1e-12)
     assert not rio.flat
+
+
+def test_the_replica_copies_the_rest_only_when_it_was_rewritten_or_it_changed_its_own() -> None:
+    """Frozen parameters and buffers move into the replica when the trainer's writer rewrote them
+    (``FlatTensors.rest_version``), or when the replica's own code changed its copies."""
+    net = _net()
+    head = list(net[2].parameters())
+    for p in net[0].parameters():
+        p.requires_grad_(False)  # a frozen first layer: the rest
+    rest = list(net[0].parameters())
+    weights = FlatTensors([p.detach() for p in head + rest])
+    head_flat = torch.cat([p.detach().reshape(-1) for p in head])
+    write = weights.flat_writer([head_flat], count=2, rest=rest)
+    replica = _replica_of(net)
+    mirror = list(replica[2].parameters()) + list(replica[0].parameters())
+    rio = ReplicaIO(mirror, mirror[:2], weights, FlatTensors([p.detach() for p in head]))
+    frozen = mirror[2]  # the replica's copy of net[0].weight
+
+    write()
+    rio.load(weights)
+    assert torch.equal(frozen, rest[0])
+    weights.views()[2].add_(1.0)  # the shared copy changed behind the writer's back: not read again
+    write()
+    rio.load(weights)
+    assert torch.equal(frozen, rest[0])
+    with torch.no_grad():
+        rest[0].mul_(2.0)  # the trainer's frozen weight changed: rewritten, and read
+    write()
+    rio.load(weights)
+    assert torch.equal(frozen, rest[0])
+    with torch.no_grad():
+        frozen.zero_()  # the replica's own code changed its copy: read again
+    rio.load(weights)
+    assert torch.equal(frozen, rest[0])

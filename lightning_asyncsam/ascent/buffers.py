@@ -73,6 +73,9 @@ class FlatTensors:
         self._pinned = False
         self._staging: list[Tensor] | None = None  # flat copies on the main device, see stage()
         self._staging_views: list[Tensor] = []
+        # Counts the writes of the tensors past a flat_writer's prefix (shared: the reader skips them
+        # while it has not moved, see rest_version).
+        self._rest_writes = torch.zeros(1, dtype=torch.float64).share_memory_()
         if like:
             self.copy_from(like)
 
@@ -97,6 +100,7 @@ class FlatTensors:
                 flat.copy_(staged, non_blocking=self._pinned)
         else:
             torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
+        self._rest_writes += 1
 
     def flat_writer(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> Callable[[], object]:
         """A call with no arguments that writes the first ``count`` tensors from ``flats`` and the others from ``rest``.
@@ -147,6 +151,7 @@ class FlatTensors:
         host_prefixes = list(zip(self._prefixes_of(self._flats, count), prefixes)) if staged else []
         # The rest (frozen parameters, buffers) as last written: their version counters and addresses.
         seen: list[Any] = [None, None, 0]
+        rest_writes = self._rest_writes
 
         def write() -> None:
             # Autograd off where a source may require grad (one of ``rest``: a parameter outside the
@@ -176,6 +181,8 @@ class FlatTensors:
             if staged:
                 for flat, staging in host_all if fresh else host_prefixes:
                     flat.copy_(staging, non_blocking=pinned)
+            if fresh:
+                rest_writes.add_(1)  # in place, once the values are there: the step's semaphore orders both
 
         return write
 
@@ -298,10 +305,17 @@ class FlatTensors:
                 cudart.cudaHostUnregister(f.data_ptr())
             self._pinned = False
 
+    def rest_version(self) -> float:
+        """How many times the tensors past a :meth:`flat_writer`'s prefix were written (:meth:`copy_from` counts too).
+
+        A reader that copies them out (the worker's replica) skips them while this has not moved.
+        """
+        return float(self._rest_writes[0])
+
     def __getstate__(self) -> dict[str, Any]:
         # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
         return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False, "_staging": None,
-                "_staging_views": [], "_plan": None}
+                "_staging_views": [], "_plan": None, "_rest_writes": self._rest_writes}
 
 
 class BatchSlot:

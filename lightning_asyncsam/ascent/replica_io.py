@@ -7,7 +7,9 @@ the trainer's do (:mod:`lightning_asyncsam.ascent.flat_params`), one operation p
 
 * the replica's trainable parameters live in one flat buffer per dtype, laid out as the prefix of
   the published ``w_t`` (:class:`~lightning_asyncsam.ascent.buffers.FlatTensors`), so reading
-  ``w_t`` is one copy per dtype, plus one for the other mirrored tensors;
+  ``w_t`` is one copy per dtype, plus one for the other mirrored tensors (frozen parameters,
+  buffers) when the trainer rewrote them (``FlatTensors.rest_version``) or the replica changed its
+  copies;
 * their gradients accumulate straight into one flat buffer per dtype: a leaf's existing ``.grad``
   is added to in place (autograd's ``AccumulateGrad``; DDP's ``gradient_as_bucket_view`` relies on
   the same), so the gradient leaves in one multiplication per dtype that is Eq. 3's scale
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -34,6 +37,9 @@ from torch.utils._pytree import TreeSpec, tree_unflatten
 from lightning_asyncsam.ascent.buffers import FlatTensors, read_batch
 from lightning_asyncsam.ascent.flat_params import FlatParameters
 from lightning_asyncsam.functional import EPS
+
+
+_VERSION = attrgetter("_version")
 
 
 class ReplicaIO:
@@ -77,6 +83,8 @@ class ReplicaIO:
             self._weight_prefix = weights.prefix_flats(count)
             self._rest_views = weights.views()[count:]
             self._rest_mirror = self._mirror[count:]
+            self._rest_seen = -1.0  # the rest_version last copied: none yet
+            self._rest_versions: list[int] = []  # the copies' version counters just after that copy
             device = self._trainable[0].device
             self._grad_flats, self._grad_views = grads_layout.private_like(device)
             with torch.no_grad():
@@ -99,7 +107,13 @@ class ReplicaIO:
         for flat, w in zip(self._flat.flats, self._weight_prefix):
             flat.copy_(w)
         if self._rest_mirror:
-            torch._foreach_copy_(self._rest_mirror, self._rest_views)
+            # The other mirrored tensors (frozen parameters, buffers): only when the trainer rewrote
+            # them, or the replica's own code changed its copies (their version counters moved).
+            version = weights.rest_version()
+            if version != self._rest_seen or list(map(_VERSION, self._rest_mirror)) != self._rest_versions:
+                torch._foreach_copy_(self._rest_mirror, self._rest_views)
+                self._rest_seen = version
+                self._rest_versions = list(map(_VERSION, self._rest_mirror))
 
     def zero_grads(self) -> None:
         """Clear the gradients before the backward pass."""
