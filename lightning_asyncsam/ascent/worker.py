@@ -64,7 +64,10 @@ fixed amount of work, whatever the model's size, with no system call in the comm
 whose T needs ``w_t``, adds its foreach passes); one copy per dtype that publishes ``w_t`` (the
 trainable parameters live in one flat buffer per dtype during the fit,
 :mod:`lightning_asyncsam.ascent.flat_params`; torch's batch and instance norms' running statistics,
-which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`);
+which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`;
+the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
+backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
+``FlatTensors.flat_writer``);
 one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a flat
 tuple, list or dict of them shaped like the last batch); one snapshot comparison of the optimizers'
 hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
@@ -95,7 +98,8 @@ perturb and restore each move come from memory that a forward and a backward hav
 microseconds a pass).
 
 The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
-dtype reads ``w_t`` into the replica's flat parameters, the gradients accumulate in place into one
+dtype reads ``w_t`` into the replica's flat parameters (the frozen parameters and buffers only when
+the trainer rewrote them), the gradients accumulate in place into one
 flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multiplication per dtype
 into the shared buffer; the batch's views are sliced once per layout.
 """
