@@ -156,7 +156,8 @@ class StepScheduled(TinyClassifier):
         if os.getpid() != self.main_pid:  # the replica writes what its stand-in holds at this step
             group = self.trainer.optimizers[0].param_groups[0]
             with open(self.log_path, "a") as f:
-                f.write(f"{self.global_step} {group['lr']!r} {group['betas']!r} {group['weight_decay']!r}\n")
+                f.write(f"{self.global_step} {self.current_epoch} {group['lr']!r} {group['betas']!r} "
+                        f"{group['weight_decay']!r}\n")
         return super().training_step(batch, batch_idx)
 
     def configure_optimizers(self):
@@ -166,7 +167,7 @@ class StepScheduled(TinyClassifier):
 
 
 def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path: Path, monkeypatch) -> None:
-    """Numbers that change alone (lr, Adam's betas) reach the stand-in every step without a pipe message."""
+    """Numbers that change alone (lr, Adam's betas, the epoch) reach the stand-in every step without a pipe message."""
     from lightning_asyncsam.ascent.worker import AscentWorker
 
     messages: list[int] = []
@@ -183,7 +184,8 @@ def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path
     class Main(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             group = trainer.optimizers[0].param_groups[0]
-            seen[trainer.global_step] = f"{group['lr']!r} {group['betas']!r} {group['weight_decay']!r}"
+            seen[trainer.global_step] = (f"{trainer.current_epoch} {group['lr']!r} {group['betas']!r} "
+                                         f"{group['weight_decay']!r}")
 
     log = tmp_path / "replica.log"
     t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Main()])
@@ -192,8 +194,8 @@ def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path
     assert len(rows) == 2 * BATCHES and len(set(seen.values())) == 2 * BATCHES  # a new lr every step
     for step, values in rows:
         assert values == seen[int(step)], (step, values, seen[int(step)])  # exactly the trainer's, reprs equal
-    # The first step sends everything and the second epoch's first its epoch; the scheduler's steps, nothing.
-    assert messages == [1] + [0] * (BATCHES - 1) + [1] + [0] * (BATCHES - 1)
+    # The first step sends everything; the scheduler's steps and the second epoch, nothing.
+    assert messages == [1] + [0] * (2 * BATCHES - 1)
 
 
 class FrozenScale(TinyClassifier):

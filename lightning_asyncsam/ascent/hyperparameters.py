@@ -1,4 +1,4 @@
-"""The optimizers' numeric hyperparameters in shared memory: a per-step scheduler sends no message.
+"""The trainer's changing numbers in shared memory: a per-step scheduler, a new epoch, send no message.
 
 The replica's trainer stand-in holds the optimizers' hyperparameters
 (:mod:`lightning_asyncsam.ascent.replica`), and a scheduler stepped every optimizer step
@@ -6,7 +6,8 @@ The replica's trainer stand-in holds the optimizers' hyperparameters
 that change cost the trainer's thread about 56 µs a step on this project's 2-core VM (pickling, two
 system calls, waking the worker), half as much again as all the rest that AsyncSAM adds (the digits
 recipe with ``OneCycleLR``: ``asyncsam/overhead_ms`` 195 µs against 130 with a scheduler stepped per
-epoch). Here the numbers live in one shared float64 block, announced by a version count. Which
+epoch). A new epoch, a message of its own every epoch, cost about 0.1 ms. Here the epoch and the
+hyperparameters' numbers live in one shared float64 block, announced by a version count. Which
 numbers, in which order (the *layout*), follows from the hyperparameters last sent through the
 pipe, on both sides alike: a step that changes numbers alone (a learning rate, a momentum, Adam's
 ``betas``) writes them in place, and only another change (a new group or key, a flag, a string, more
@@ -19,12 +20,14 @@ Example::
     >>> replica.__setstate__(shared.__getstate__())  # the worker's copy: the same shared block
     >>> sent = [[{"lr": 0.1, "betas": (0.9, 0.999), "amsgrad": False}]]
     >>> shared.adopt(sent); replica.adopt(sent)  # sent through the pipe, received
-    >>> shared.write_numbers([[{"lr": 0.05, "betas": (0.8, 0.999), "amsgrad": False}]])
+    >>> shared.write_numbers([[{"lr": 0.05, "betas": (0.8, 0.999), "amsgrad": False}]], epoch=1)
     True
     >>> groups = [[dict(g) for g in opt] for opt in sent]  # the stand-in's dicts
-    >>> replica.apply(groups); groups
-    [[{'lr': 0.05, 'betas': (0.8, 0.999), 'amsgrad': False}]]
-    >>> shared.write_numbers([[{"lr": 0.05, "betas": (0.8, 0.999), "amsgrad": True}]])  # a flag: a message
+    >>> replica.apply(groups), groups  # the epoch, and the numbers written into the dicts
+    (1, [[{'lr': 0.05, 'betas': (0.8, 0.999), 'amsgrad': False}]])
+    >>> replica.apply(groups) is None  # nothing new
+    True
+    >>> shared.write_numbers([[{"lr": 0.05, "betas": (0.8, 0.999), "amsgrad": True}]], epoch=1)  # a flag: a message
     False
 """
 
@@ -45,7 +48,7 @@ _Position = tuple[int, int, str, int, type]
 
 
 class SharedHyperparameters:
-    """A version count and up to :data:`CAPACITY` numbers in shared memory (see the module's docstring).
+    """A version count, the epoch and up to :data:`CAPACITY` numbers in shared memory (see the module's docstring).
 
     Created in the main process before the worker starts and handed to it as a ``Process``
     argument, as :class:`~lightning_asyncsam.ascent.mailbox.Mailbox` is. Each side calls
@@ -54,7 +57,7 @@ class SharedHyperparameters:
     """
 
     def __init__(self) -> None:
-        self._shared = torch.zeros(CAPACITY + 1, dtype=torch.float64).share_memory_()
+        self._shared = torch.zeros(CAPACITY + 2, dtype=torch.float64).share_memory_()  # version, epoch, numbers
         self._attach()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -66,7 +69,7 @@ class SharedHyperparameters:
 
     def _attach(self) -> None:
         # A ctypes view: numbers read and written as Python floats, no tensor operation per value.
-        self._slots = (ctypes.c_double * (CAPACITY + 1)).from_address(self._shared.data_ptr())
+        self._slots = (ctypes.c_double * (CAPACITY + 2)).from_address(self._shared.data_ptr())
         self._skeleton: tuple[Any, ...] | None = None  # the adopted layout; None: none adopted
         self._positions: list[_Position] = []
         self._seen = 0.0  # the version last applied (worker side)
@@ -80,8 +83,10 @@ class SharedHyperparameters:
         self._seen = self._slots[0]  # the message carried the current values
 
     # ----------------------------------------------------------------- the trainer's side
-    def write_numbers(self, groups: Groups) -> bool:
-        """Write ``groups``' numbers in place if nothing else changed since :meth:`adopt`; False: send a message.
+    def write_numbers(self, groups: Groups, epoch: int) -> bool:
+        """Write ``epoch`` and ``groups``' numbers in place if nothing else changed since :meth:`adopt`.
+
+        False: something else changed, and a message must carry it.
 
         ``groups`` may be the optimizers' live ``param_groups`` (their tensors and what the stand-in
         does not carry are skipped, as :func:`plain_hyperparameters` skips them) or dicts as sent.
@@ -90,19 +95,24 @@ class SharedHyperparameters:
         if self._skeleton is None or skeleton != self._skeleton:
             return False
         slots = self._slots
-        slots[1:1 + len(numbers)] = numbers
+        slots[2:2 + len(numbers)] = numbers
+        slots[1] = epoch
         slots[0] += 1.0  # after the numbers: the step's semaphore orders both before the worker's reads
         return True
 
     # ----------------------------------------------------------------- the worker's side
-    def apply(self, groups: Sequence[Sequence[dict[str, Any]]]) -> None:
-        """Write the numbers last published into ``groups`` (the stand-in's dicts), if they changed."""
+    def apply(self, groups: Sequence[Sequence[dict[str, Any]]]) -> int | None:
+        """Write the numbers last published into ``groups`` (the stand-in's dicts), if they changed.
+
+        Returns:
+            The epoch published with them, or None where nothing was published since the last call.
+        """
         slots = self._slots
         version = slots[0]
-        if version == self._seen or not self._positions:
-            return
+        if version == self._seen or self._skeleton is None:
+            return None
         self._seen = version
-        values = slots[1:1 + len(self._positions)]
+        values = slots[2:2 + len(self._positions)]
         tuples: dict[tuple[int, int, str], list[Any]] = {}
         for (i, j, key, index, kind), value in zip(self._positions, values):
             if index < 0:
@@ -111,6 +121,7 @@ class SharedHyperparameters:
                 tuples.setdefault((i, j, key), list(groups[i][j][key]))[index] = kind(value)
         for (i, j, key), items in tuples.items():
             groups[i][j][key] = tuple(items)
+        return int(slots[1])
 
 
 def plain_hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:

@@ -274,7 +274,9 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             if step < 0:
                 return
             trainer.update({"global_step": step})
-            hyperparameters.apply(trainer._hyperparameter_groups())  # a scheduler's numbers, if they changed
+            epoch = hyperparameters.apply(trainer._hyperparameter_groups())  # a scheduler's numbers, if they changed
+            if epoch is not None:
+                trainer.update({"current_epoch": epoch})
             start = time.perf_counter()
             io.load(weights)
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
@@ -575,9 +577,9 @@ class AscentWorker:
             previous = self._trainer_snapshot
             if previous is not None and snapshot == previous:
                 return 0
-            # In the same epoch, numbers alone changed (a scheduler stepped): written in place, no message.
-            if previous is not None and epoch == previous[0] and self._hyperparameters.write_numbers(
-                    [o.param_groups for o in optimizers]):
+            # Numbers alone changed (a new epoch, a scheduler's step): written in place, no message.
+            if previous is not None and self._hyperparameters.write_numbers([o.param_groups for o in optimizers],
+                                                                              epoch):
                 self._trainer_snapshot = snapshot
                 self._numbers_written = True
                 return 0
