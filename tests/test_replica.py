@@ -243,3 +243,28 @@ def test_frozen_tensors_that_change_reach_the_replica(tmp_path: Path) -> None:
     assert len(rows) == 2 * BATCHES and len(set(seen.values())) == 2 * BATCHES
     for step, values in rows:
         assert values == seen[int(step)], (step, values, seen[int(step)])
+
+
+class Named(TinyClassifier):
+    """Batches carry a name per sample (as file names do); the replica checks that its names match its samples."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.main_pid = os.getpid()
+
+    def training_step(self, batch, batch_idx):
+        x, y, names = batch
+        if os.getpid() != self.main_pid:
+            assert [f"{v:.6f}" for v in x[:, 0].tolist()] == list(names[:len(x)]), (names, x[:, 0])
+            Path(self.marker).write_text("replica checked its names")
+        return super().training_step((x, y), batch_idx)
+
+
+def test_per_sample_names_reach_the_replica_with_their_samples(tmp_path: Path) -> None:
+    data = make_data(dtype=torch.float32)
+    named = [(x, y, f"{x[0].item():.6f}") for x, y in data]
+    marker = tmp_path / "marker"
+    t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2)
+    t.fit(Named(str(marker)), torch.utils.data.DataLoader(named, batch_size=8, shuffle=True))
+    assert marker.exists() and t.global_step == 2 * BATCHES

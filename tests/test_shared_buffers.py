@@ -137,3 +137,19 @@ def test_the_rest_is_written_only_when_it_changed(staged) -> None:
     while not rest_written():
         calls += 1
     assert 0 < calls < REST_REFRESH_STEPS and torch.equal(host[2], frozen)
+
+
+def test_new_values_of_non_tensor_leaves_keep_the_layout() -> None:
+    """A batch's file names change every step: they travel alone (constants_changed), the buffers stay."""
+    slot = BatchSlot()
+    x, y = torch.randn(8, 3), torch.arange(8)
+    assert slot.write((x, y, [f"a{i}" for i in range(8)], torch.tensor(1.0)), 4) is True
+    buffers = slot.layout[2]
+    assert slot.write((x, y, [f"b{i}" for i in range(8)], torch.tensor(1.0)), 4) is False and slot.constants_changed
+    assert slot.layout[2] is buffers  # the same shared buffers: nothing to allocate or send again
+    got = read_batch(slot.layout, 4, torch.device("cpu"))
+    assert got[2] == [f"b{i}" for i in range(8)] and torch.equal(got[0], x[:4])
+    assert slot.write((x, y, [f"b{i}" for i in range(8)], torch.tensor(1.0)), 4) is False
+    assert not slot.constants_changed  # the same values: nothing to send
+    assert slot.write((x, y, [f"b{i}" for i in range(8)], torch.tensor(2.0)), 4) is False and slot.constants_changed
+    assert torch.equal(read_batch(slot.layout, 4, torch.device("cpu"))[3], torch.tensor(2.0))

@@ -323,7 +323,9 @@ class BatchSlot:
 
     A batch is any pytree (tensor, tuple, list, dict) of tensors and other objects. Tensors whose
     first dimension is the batch size get a shared buffer; everything else travels in the layout,
-    which is pickled only when it changes (a new shape, dtype or constant leaf).
+    which is pickled only when it changes (a new shape, dtype, structure or type of leaf). New
+    values of the other leaves alone (a batch's file names, a scalar tensor) keep the layout: they
+    travel by themselves (:attr:`constants_changed`), without the buffers.
 
     Per step, a batch that is a tensor, a flat tuple or list of tensors, or a dict of tensors (the
     common cases) costs no pytree walk: its leaves are the batch's own values, and its structure key
@@ -357,6 +359,7 @@ class BatchSlot:
         self._last: tuple[type, int, int, list[tuple[torch.dtype, torch.Size]], tuple[Any, ...] | None] | None = None
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
+        self.constants_changed = False  # the last write kept the layout but changed its non-buffer leaves
 
     @staticmethod
     def _flatten(batch: Any) -> tuple[list[Any], Any]:
@@ -386,6 +389,7 @@ class BatchSlot:
         Returns:
             True when the layout changed, so that the caller must send ``self.layout`` to the worker.
         """
+        self.constants_changed = False
         kind = type(batch)
         keys = None
         if kind is tuple or kind is list:
@@ -439,6 +443,15 @@ class BatchSlot:
                     constants.append(x.detach().cpu() if isinstance(x, Tensor) else x)
             self._key, self._buffers = key, buffers
             self.layout = (spec, constants, buffers)
+        else:
+            # The same layout, but its other leaves (a batch's file names, a scalar) may hold new values:
+            # those alone travel (constants_changed), not the buffers again.
+            spec, constants, buffers = self.layout  # type: ignore[misc]
+            fresh = [None if b is not None else x.detach().cpu() if isinstance(x, Tensor) else x
+                     for x, b in zip(leaves, buffers)]
+            if not _same_constants(fresh, constants):
+                self.layout = (spec, fresh, buffers)
+                self.constants_changed = True
         n = min(n, size)
         if changed or n != self._targets_n:  # the buffers' first n rows, sliced once per (layout, n)
             self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
@@ -458,11 +471,25 @@ class BatchSlot:
         if isinstance(x, Tensor):
             batched = x.dim() > 0 and x.shape[0] == size
             return (x.dtype, x.shape[1:] if batched else x.shape, batched)
+        return ("c", type(x))  # its value travels apart (constants_changed): a new file name is no new layout
+
+
+def _same_constants(a: list[Any], b: list[Any]) -> bool:
+    """Whether two lists of a layout's non-buffer leaves hold the same values (tensors by content)."""
+    for x, y in zip(a, b):
+        if x is y:
+            continue
+        if isinstance(x, Tensor) or isinstance(y, Tensor):
+            if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dtype == y.dtype and x.shape == y.shape
+                    and torch.equal(x, y)):
+                return False
+            continue
         try:
-            hash(x)
-            return ("c", x)
-        except TypeError:
-            return ("c", id(x))
+            if type(x) is not type(y) or not bool(x == y):
+                return False
+        except Exception:  # noqa: BLE001 - a value without a plain answer to == (an array): a new value
+            return False
+    return True
 
 
 def read_batch(layout: tuple[TreeSpec, list[Any], list[Tensor | None]], n: int, device: torch.device) -> Any:

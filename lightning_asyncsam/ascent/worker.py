@@ -267,6 +267,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     return
                 if msg[0] == "layout":
                     layout = msg[1]
+                elif msg[0] == "constants":
+                    layout = (layout[0], msg[1], layout[2])  # type: ignore[index]  # a new object: re-read
                 elif msg[0] == "trainer":
                     trainer.update(msg[1])
                     if "optimizers" in msg[1]:
@@ -482,6 +484,9 @@ class AscentWorker:
         try:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
+                messages += 1
+            elif self.slot.constants_changed:  # the same buffers, new non-tensor leaves (file names, ids)
+                conn.send(("constants", self.slot.layout[1]))  # type: ignore[index]
                 messages += 1
             messages += self._sync_trainer(conn)
         except (OSError, ValueError):
