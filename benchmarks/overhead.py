@@ -76,6 +76,7 @@ class EpochClock(L.Callback):
         self._start = (0.0, 0.0, 0.0, 0.0)
         self._steps_start = 0
         self._marks: list[float] = []
+        self._sync: AsyncSAMCallback | None = None
 
     def _totals(self, trainer: L.Trainer) -> tuple[float, float]:
         sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
@@ -83,6 +84,10 @@ class EpochClock(L.Callback):
             return 0.0, 0.0
         # getattr: a checkout from before the totals existed (to measure "before") still runs.
         return getattr(sync[0], "overhead_total_ms", 0.0), getattr(sync[0], "wait_total_ms", 0.0)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Found once: the per-batch hook below must stay small, or it evicts what it measures.
+        self._sync = next((c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)), None)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps_start = trainer.global_step
@@ -93,12 +98,11 @@ class EpochClock(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._marks.append(time.perf_counter())
-        self._totals_at.append(self._totals(trainer)[0])
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
-        self._logged.append(bool(getattr(sync[0], "log_step", False)) if sync else False)
+        sync = self._sync
+        if sync is not None:
+            self._totals_at.append(sync.overhead_total_ms)
+            if batch_idx:  # whether the previous step logged: synchronize has not run for this one yet
+                self._logged.append(sync.log_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -106,7 +110,8 @@ class EpochClock(L.Callback):
         overhead, wait = self._totals(trainer)
         marks = [*self._totals_at, overhead]
         self.step_overhead_ms.append([b - a for a, b in zip(marks, marks[1:])])
-        self.step_logged.append(list(self._logged))
+        sync = self._sync
+        self.step_logged.append([*self._logged, bool(sync.log_step)] if sync is not None else [])
         self.epochs.append(wall - self._start[3])
         self.cpu.append(cpu - self._start[2])
         self.steps.append(trainer.global_step - self._steps_start)
