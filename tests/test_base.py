@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import lightning as L
 import pytest
 import torch
 
@@ -96,3 +97,27 @@ def test_a_rule_without_state_connects_no_rule_state_callback(make) -> None:
     t = trainer(make(), max_epochs=1)
     t.fit(TinyClassifier(), loader(make_data(dtype=torch.float32), 8))
     assert not any(isinstance(c, RuleStateCallback) for c in t.callbacks)
+
+
+class Unfreezing(L.Callback):
+    """What Lightning's BackboneFinetuning does at its epoch: a frozen layer joins the optimizer mid-fit."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            layer = pl_module.net[0]
+            layer.requires_grad_(True)
+            trainer.optimizers[0].add_param_group({"params": list(layer.parameters())})
+
+
+@pytest.mark.parametrize("make", [lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), SAMStrategy],
+                         ids=["asyncsam", "sam"])
+def test_parameters_added_mid_fit_are_named_in_a_warning(make) -> None:
+    class Frozen(TinyClassifier):
+        def configure_optimizers(self):
+            self.net[0].requires_grad_(False)
+            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+    t = trainer(make(), max_epochs=3, callbacks=[Unfreezing()])
+    with pytest.warns(UserWarning, match=r"now train 2 parameter\(s\) that they did not train when the fit started") as caught:
+        t.fit(Frozen(), loader(make_data(dtype=torch.float32), 8))
+    assert sum("now train" in str(w.message) for w in caught) == 1  # once per fit
