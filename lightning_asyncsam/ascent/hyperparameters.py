@@ -101,6 +101,10 @@ class SharedHyperparameters:
         return True
 
     # ----------------------------------------------------------------- the worker's side
+    def changed(self) -> bool:
+        """Whether numbers were written since the last :meth:`apply` (one read, before building anything)."""
+        return self._slots[0] != self._seen
+
     def apply(self, groups: Sequence[Sequence[dict[str, Any]]]) -> int | None:
         """Write the numbers last published into ``groups`` (the stand-in's dicts), if they changed.
 

@@ -276,9 +276,10 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             if step < 0:
                 return
             trainer.update({"global_step": step})
-            epoch = hyperparameters.apply(trainer._hyperparameter_groups())  # a scheduler's numbers, if they changed
-            if epoch is not None:
-                trainer.update({"current_epoch": epoch})
+            if hyperparameters.changed():  # a new epoch, a scheduler's numbers
+                epoch = hyperparameters.apply(trainer._hyperparameter_groups())
+                if epoch is not None:
+                    trainer.update({"current_epoch": epoch})
             start = time.perf_counter()
             io.load(weights)
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
