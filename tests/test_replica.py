@@ -268,3 +268,50 @@ def test_per_sample_names_reach_the_replica_with_their_samples(tmp_path: Path) -
     t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2)
     t.fit(Named(str(marker)), torch.utils.data.DataLoader(named, batch_size=8, shuffle=True))
     assert marker.exists() and t.global_step == 2 * BATCHES
+
+
+class GroupReader(TinyClassifier):
+    """The replica writes its param group as it sees it at each step."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log_path = log
+        self.main_pid = os.getpid()
+
+    def training_step(self, batch, batch_idx):
+        if os.getpid() != self.main_pid:
+            group = dict(self.trainer.optimizers[0].param_groups[0])
+            with open(self.log_path, "a") as f:
+                f.write(f"{self.global_step} {group['lr']!r} {group.get('note')!r}\n")
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_hyperparameters_stay_exact_across_messages_and_writes_in_place(tmp_path: Path) -> None:
+    """Numbers written in place, then a new key (a message), an lr back at its first value, the key removed."""
+    seen: dict[int, str] = {}
+
+    class Edit(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            step, group = trainer.global_step, trainer.optimizers[0].param_groups[0]
+            if step < 4:
+                group["lr"] = 0.1 * (step + 1)  # numbers alone: in place
+            elif step == 4:
+                group["note"] = "warm"  # a new key: a message
+            elif step == 5:
+                group["lr"] = 0.1  # the value of the first message, through the shared block
+            elif step == 6:
+                del group["note"]  # a key gone: a message
+            else:
+                group["lr"] = 0.01 * step
+            seen[step] = f"{group['lr']!r} {group.get('note')!r}"
+
+    log = tmp_path / "replica.log"
+    t = trainer(AsyncSAMStrategy(rho=0.1, ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Edit()])
+    t.fit(GroupReader(str(log)), loader(make_data(dtype=torch.float32), 8))
+    rows = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 * BATCHES
+    for step, values in rows:
+        assert values == seen[int(step)], (step, values, seen[int(step)])
