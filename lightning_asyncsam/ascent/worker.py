@@ -26,9 +26,9 @@ The contract, which the tests check:
    ``estimated_stepping_batches``, the optimizers' ``param_groups`` hyperparameters (the current
    learning rate) and the other scalars a training step reads. What a fit never changes travels
    once, at the first step; afterwards only the epoch and hyperparameters that changed (numbers that
-   change alone, as a per-step scheduler's do, through shared memory with no message:
+   change alone, a new epoch's or a per-step scheduler's, through shared memory with no message:
    :mod:`lightning_asyncsam.ascent.hyperparameters`), and the global step is the step number
-   itself, so a step's message stays a few scalars. Anything else
+   itself. Anything else
    raises an ``AttributeError`` that names it and points to ``ascent_loss(self, batch)``.
    ``self.log`` and ``self.log_dict`` do nothing in the replica: the trainer logs the real step.
 4. A module compiled with ``torch.compile`` travels uncompiled with its compile context (backend,
@@ -54,8 +54,8 @@ Per step nothing crosses the pipe: four numbers cross each way through shared me
 by two semaphores (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
 buffers (:mod:`lightning_asyncsam.ascent.buffers`), as do the numbers of a scheduler's step
 (:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
-layout when it changes, the trainer stand-in's other changes (the epoch, a new param group), a
-stop, an error's traceback.
+layout when it changes, a batch's new non-tensor leaves (file names), the trainer stand-in's other
+changes (a new param group or key, a flag), a stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
