@@ -109,15 +109,45 @@ class Unfreezing(L.Callback):
             trainer.optimizers[0].add_param_group({"params": list(layer.parameters())})
 
 
-@pytest.mark.parametrize("make", [lambda: AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), SAMStrategy],
-                         ids=["asyncsam", "sam"])
-def test_parameters_added_mid_fit_are_named_in_a_warning(make) -> None:
-    class Frozen(TinyClassifier):
-        def configure_optimizers(self):
-            self.net[0].requires_grad_(False)
-            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+class Frozen(TinyClassifier):
+    """Its first layer frozen and outside the optimizer until Unfreezing adds it."""
 
-    t = trainer(make(), max_epochs=3, callbacks=[Unfreezing()])
+    def configure_optimizers(self):
+        self.net[0].requires_grad_(False)
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+class PerturbedLayers(L.Callback):
+    """Per step: whether the first layer's weight differs, inside the perturbed forward, from the step's start."""
+
+    def __init__(self) -> None:
+        self.perturbed: dict[int, bool] = {}
+        self._start: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = pl_module.net[0].weight.detach().clone()
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.perturbed[trainer.global_step] = not torch.equal(pl_module.net[0].weight.detach(), self._start)
+
+
+def test_asyncsam_perturbs_parameters_added_mid_fit() -> None:
+    """The worker restarts with the new set: after one unperturbed step, the unfrozen layer is perturbed too."""
+    probe = PerturbedLayers()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=3, callbacks=[Unfreezing(), probe])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "never perturbed" warning
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance).*")
+        t.fit(Frozen(), loader(make_data(dtype=torch.float32), 8))
+    n = 6  # steps an epoch
+    assert not any(probe.perturbed[s] for s in range(n))  # frozen in epoch 0: never moved
+    assert not probe.perturbed[n]  # the step at which the worker restarts runs unperturbed
+    assert all(probe.perturbed[s] for s in range(n + 1, 3 * n))
+    assert len(t.strategy._params) == len(list(Frozen().parameters()))
+
+
+def test_sam_warns_that_parameters_added_mid_fit_are_not_perturbed() -> None:
+    t = trainer(SAMStrategy(), max_epochs=3, callbacks=[Unfreezing()])
     with pytest.warns(UserWarning, match=r"now train 2 parameter\(s\) that they did not train when the fit started") as caught:
         t.fit(Frozen(), loader(make_data(dtype=torch.float32), 8))
     assert sum("now train" in str(w.message) for w in caught) == 1  # once per fit

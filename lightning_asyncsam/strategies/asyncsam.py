@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -201,6 +202,20 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.worker.start()
         if main_cores:
             self._affinity.confine(main_cores)
+
+    @override
+    def _adopt_trainable(self, new: list[Tensor]) -> None:
+        # AsyncSAM's rule keeps no per-parameter state: the worker restarts with the new set (the
+        # gradient in flight, of the old set, is dropped, so this step runs unperturbed).
+        self.close_worker()
+        self._release_flat()
+        self._params = self._trainable_params()
+        self._backup = [torch.empty_like(p) for p in self._params]
+        self._adaptive_flags = self._asam_flags()
+        self._flat = FlatParameters(self._params)
+        self._start_worker()
+        rank_zero_info(f"AsyncSAM: the optimizers now train {len(new)} more parameter(s) (added mid-fit); the ascent "
+                       "worker restarted with them, and this step runs unperturbed.")
 
     def _core_split(self) -> tuple[list[int] | None, list[int] | None]:
         """(the trainer's cores, the worker's cores) while the worker lives; None: unpinned."""

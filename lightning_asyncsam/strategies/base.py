@@ -111,7 +111,7 @@ class SharpnessAwareStrategy(DDPStrategy):
         self._root: torch.device | None = None  # root_device, fixed from setup to teardown (see root_device)
         self._one_process = True  # _single_process, as set up: what the per-step hooks read
         self._manual = False  # the module optimizes manually (read once per fit: a property walk per step)
-        self._params_warned = False  # _check_trainable warned in this fit
+        self._params_warned = False  # _adopt_trainable warned in this fit: no more checks
         # Trainer-thread time that the strategy's own code added to the steps, in ms, since a reader
         # (AsyncSAM's callback) last reset it: every override that Lightning calls per batch adds its share.
         self.added_ms = 0.0
@@ -263,19 +263,26 @@ class SharpnessAwareStrategy(DDPStrategy):
         return params
 
     def _check_trainable(self) -> None:
-        """Warn, once per fit, if the optimizers now train parameters that they did not when the fit started."""
+        """Whether the optimizers now train parameters that they did not when the fit started (once an epoch)."""
         known = {id(p) for p in self._params}
         new = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]
                if p.requires_grad and id(p) not in known]
         if new:
-            self._params_warned = True
-            rank_zero_warn(
-                f"{type(self).__name__}: the optimizers now train {len(new)} parameter(s) that they did not train when "
-                "the fit started (a param group added or a layer unfrozen mid-fit, as Lightning's BackboneFinetuning "
-                "does). The sharpness-aware perturbation covers only the parameters of the fit's start: the new ones "
-                "are updated, but never perturbed. To perturb them, train them from the start (for example in their "
-                "own param group with a learning rate of 0 that a scheduler raises later)."
-            )
+            self._adopt_trainable(new)
+
+    def _adopt_trainable(self, new: list[Tensor]) -> None:
+        """Parameters that the optimizers train since mid-fit: not perturbed here, a warning once per fit.
+
+        AsyncSAM overrides it: its rule keeps no per-parameter state, and its worker restarts with them.
+        """
+        self._params_warned = True
+        rank_zero_warn(
+            f"{type(self).__name__}: the optimizers now train {len(new)} parameter(s) that they did not train when "
+            "the fit started (a param group added or a layer unfrozen mid-fit, as Lightning's BackboneFinetuning "
+            "does). The sharpness-aware perturbation covers only the parameters of the fit's start: the new ones "
+            "are updated, but never perturbed. To perturb them, train them from the start (for example in their "
+            "own param group with a learning rate of 0 that a scheduler raises later)."
+        )
 
     def _asam_flags(self) -> list[bool]:
         """Per trainable parameter: whether ASAM's T = |w| + eta applies (its name ends in ``weight``)."""
