@@ -380,7 +380,8 @@ def main() -> None:
             f"{a['ratio']:.3f} | {a['ratio_paired']:.3f} | {a['added_ms_per_step']:.3f} ms "
             f"({rng(a['added_ms_per_step_range'], 1)}) | {a['wait_ms_per_step']:.3f} ms | "
             f"{a['added_cpu_ms_per_step']:.3f} ms ({rng(a['added_cpu_ms_per_step_range'], 1)}) | "
-            f"{a['overhead_metric_ms_per_step']:.3f} ms | {a['overhead_metric_ms_robust']:.3f} ms | "
+            f"{a['overhead_metric_ms_per_step']:.3f} ms | {a['overhead_metric_ms_robust']:.3f} ms "
+            f"({a['overhead_metric_ms_per_step'] / (sgd_step * 1e3):.1%} of SGD's median step) | "
             f"{a['median_step_ms']:.3f} ms | "
             f"{a['median_step_ratio_paired']:.3f} ({a['median_step_added_ms']:+.3f} ms) |")
     table = "\n".join([
@@ -391,7 +392,8 @@ def main() -> None:
         "epochs 2..N of a fit, median over repetitions; its x SGD is paired. `asyncsam/overhead_ms`: the metric's "
         "mean over epochs 2..N (what the logs hold, windows averaged); robust: the median of each kind of step "
         "(logging, after a logging step, an epoch's first, the others), weighted by its share of the steps (a step "
-        "that the VM preempts inside a timed region inflates the mean, not the medians).",
+        "that the VM preempts inside a timed region inflates the mean, not the medians); in brackets the mean as a "
+        "share of SGD's median step, which moves far less with the VM's speed than the milliseconds do.",
         "",
         "| | steady-state epoch | x SGD | x SGD, paired | added wall per step | of which waiting for the worker "
         "| added trainer-thread CPU per step | `asyncsam/overhead_ms` | robust | median step "
