@@ -86,3 +86,33 @@ def test_parameters_outside_the_module_are_rejected() -> None:
     model = TinyClassifier()
     with pytest.raises(ValueError, match="not parameters of the LightningModule"):
         AscentWorker(model, [torch.nn.Parameter(torch.zeros(1))], "cpu", 1, 8)
+
+
+def test_shared_object_crosses_processes_and_refuses_what_does_not_fit() -> None:
+    """A batch's changing non-tensor leaves cross through shared bytes (SharedObject); too large: the pipe."""
+    import multiprocessing as mp
+
+    from lightning_asyncsam.ascent.shared_object import SharedObject
+
+    box = SharedObject(capacity=1024)
+    ctx = mp.get_context("fork")  # spawned workers carry it in the slow tests (test_launchers.py, test_reliability.py)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_read_shared_object, args=(box, child), daemon=True)
+    proc.start()
+    try:
+        for names in (["a.png", "b.png"], ("c.png",), {"id": 7}):
+            assert box.put(names)
+            parent.send("go")
+            assert parent.poll(10), "the reader did not answer"
+            assert parent.recv() == names
+        assert not box.put("x" * 2000)
+    finally:
+        parent.send("stop")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _read_shared_object(box, conn) -> None:
+    while conn.recv() == "go":
+        conn.send(box.get() if box.changed() else "unchanged")

@@ -54,8 +54,9 @@ Per step nothing crosses the pipe: four numbers cross each way through shared me
 by two semaphores (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
 buffers (:mod:`lightning_asyncsam.ascent.buffers`), as do the numbers of a scheduler's step
 (:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
-layout when it changes, a batch's new non-tensor leaves (file names), the trainer stand-in's other
-changes (a new param group or key, a flag), a stop, an error's traceback.
+layout when it changes, a batch's new non-tensor leaves where they exceed a 64 KB shared buffer
+(:mod:`lightning_asyncsam.ascent.shared_object`), the trainer stand-in's other changes (a new param
+group or key, a flag), a stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
@@ -125,6 +126,7 @@ from torch import Tensor, nn
 
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.hyperparameters import SharedHyperparameters
+from lightning_asyncsam.ascent.shared_object import SharedObject
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
 from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
 from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
@@ -222,7 +224,7 @@ def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors],
-                 mailbox: Mailbox, hyperparameters: SharedHyperparameters) -> None:
+                 mailbox: Mailbox, hyperparameters: SharedHyperparameters, constants: SharedObject) -> None:
     """Entry point of the worker process."""
     try:
         if spec.start_method == "fork":
@@ -267,14 +269,18 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     return
                 if msg[0] == "layout":
                     layout = msg[1]
+                    constants.mark_seen()  # the layout carries the batch's current non-tensor leaves
                 elif msg[0] == "constants":
                     layout = (layout[0], msg[1], layout[2])  # type: ignore[index]  # a new object: re-read
+                    constants.mark_seen()
                 elif msg[0] == "trainer":
                     trainer.update(msg[1])
                     if "optimizers" in msg[1]:
                         hyperparameters.adopt(msg[1]["optimizers"])
             if step < 0:
                 return
+            if constants.changed():  # the batch's new non-tensor leaves (file names), through shared memory
+                layout = (layout[0], constants.get(), layout[2])  # type: ignore[index]
             trainer.update({"global_step": step})
             if hyperparameters.changed():  # a new epoch, a scheduler's numbers
                 epoch = hyperparameters.apply(trainer._hyperparameter_groups())
@@ -383,6 +389,7 @@ class AscentWorker:
         self.in_flight: int | None = None
         self._mailbox: Mailbox | None = None
         self._hyperparameters = SharedHyperparameters()  # replaced at each start(), with the mailbox
+        self._constants = SharedObject()  # a batch's non-tensor leaves, when they alone change (see submit)
         self._numbers_written = False  # hyperparameters changed through it since the last message
         self._result_posted = False  # take() took the done semaphore of the step in flight
 
@@ -412,11 +419,12 @@ class AscentWorker:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._mailbox = Mailbox(ctx)
         self._hyperparameters = SharedHyperparameters()
+        self._constants = SharedObject()
         self._result_posted = False
         self._process = ctx.Process(
             target=_worker_main,
             args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads,
-                  self._mailbox, self._hyperparameters),
+                  self._mailbox, self._hyperparameters, self._constants),
             name="asyncsam-ascent-worker",
             daemon=True,
         )
@@ -486,7 +494,9 @@ class AscentWorker:
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
                 messages += 1
-            elif self.slot.constants_changed:  # the same buffers, new non-tensor leaves (file names, ids)
+            elif self.slot.constants_changed and not self._constants.put(self.slot.layout[1]):  # type: ignore[index]
+                # The same buffers, new non-tensor leaves (file names, ids): through shared memory, or
+                # through the pipe where they do not fit.
                 conn.send(("constants", self.slot.layout[1]))  # type: ignore[index]
                 messages += 1
             messages += self._sync_trainer(conn)
