@@ -86,7 +86,7 @@ def test_a_dict_of_tensors_takes_the_fast_path(monkeypatch) -> None:
 
     walks: list[int] = []
     flatten = buffers.tree_flatten
-    monkeypatch.setattr(buffers, "tree_flatten", lambda tree: walks.append(1) or flatten(tree))
+    monkeypatch.setattr(buffers, "tree_flatten", lambda tree, **kw: walks.append(1) or flatten(tree, **kw))
     slot, reader = BatchSlot(), BatchReader()
     assert slot.write({"image": torch.randn(8, 3), "label": torch.arange(8)}, 4) is True
     first = len(walks)
@@ -139,12 +139,19 @@ def test_the_rest_is_written_only_when_it_changed(staged) -> None:
     assert 0 < calls < REST_REFRESH_STEPS and torch.equal(host[2], frozen)
 
 
-def test_new_values_of_non_tensor_leaves_keep_the_layout() -> None:
-    """A batch's file names change every step: they travel alone (constants_changed), the buffers stay."""
+def test_new_values_of_non_tensor_leaves_keep_the_layout(monkeypatch) -> None:
+    """A batch's file names change every step: they travel alone (constants_changed), the buffers stay,
+    and after the first write no pytree walk (a tuple of names is one leaf, kept whole)."""
+    from lightning_asyncsam.ascent import buffers
+
+    walks: list[int] = []
+    flatten = buffers.tree_flatten
+    monkeypatch.setattr(buffers, "tree_flatten", lambda tree, **kw: walks.append(1) or flatten(tree, **kw))
     slot = BatchSlot()
     x, y = torch.randn(8, 3), torch.arange(8)
     assert slot.write((x, y, [f"a{i}" for i in range(8)], torch.tensor(1.0)), 4) is True
     buffers = slot.layout[2]
+    first = len(walks)
     assert slot.write((x, y, [f"b{i}" for i in range(8)], torch.tensor(1.0)), 4) is False and slot.constants_changed
     assert slot.layout[2] is buffers  # the same shared buffers: nothing to allocate or send again
     got = read_batch(slot.layout, 4, torch.device("cpu"))
@@ -153,3 +160,7 @@ def test_new_values_of_non_tensor_leaves_keep_the_layout() -> None:
     assert not slot.constants_changed  # the same values: nothing to send
     assert slot.write((x, y, [f"b{i}" for i in range(8)], torch.tensor(2.0)), 4) is False and slot.constants_changed
     assert torch.equal(read_batch(slot.layout, 4, torch.device("cpu"))[3], torch.tensor(2.0))
+    assert len(walks) == first  # the writes after the first took the fast path
+    nested = (x, y, [["a"], ["b"]])  # deeper than one level: pytree's walk, and still carried
+    assert slot.write(nested, 4) is True
+    assert read_batch(slot.layout, 4, torch.device("cpu"))[2] == [["a"], ["b"]]

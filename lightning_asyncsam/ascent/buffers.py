@@ -327,9 +327,10 @@ class BatchSlot:
     values of the other leaves alone (a batch's file names, a scalar tensor) keep the layout: they
     travel by themselves (:attr:`constants_changed`), without the buffers.
 
-    Per step, a batch that is a tensor, a flat tuple or list of tensors, or a dict of tensors (the
-    common cases) costs no pytree walk: its leaves are the batch's own values, and its structure key
-    is its type and length (and a dict's keys, in order).
+    Per step, a batch that is a tensor, or a tuple, list or dict of tensors and plain values
+    (strings, numbers, a tuple of file names: kept whole, one leaf each) costs no pytree walk: its
+    leaves are the batch's own values, and its structure key is its type and length (and a dict's
+    keys, in order). Deeper batches take pytree's walk.
 
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
@@ -354,9 +355,9 @@ class BatchSlot:
         self._targets: list[Tensor | None] = []  # views of the buffers' first _targets_n rows
         self._targets_n = -1
         # The last write, for the next one's O(1) check: (type, n asked for, size, [(dtype, shape) per
-        # leaf], a dict's keys), kept where the batch is a tensor or a flat tuple, list or dict of
-        # tensors; None otherwise.
-        self._last: tuple[type, int, int, list[tuple[torch.dtype, torch.Size]], tuple[Any, ...] | None] | None = None
+        # tensor leaf, None per plain value], a dict's keys, whether every leaf is a batched tensor),
+        # kept where the batch is a tensor or a flat tuple, list or dict; None otherwise.
+        self._last: tuple[type, int, int, list[Any], tuple[Any, ...] | None, bool] | None = None
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
         self.constants_changed = False  # the last write kept the layout but changed its non-buffer leaves
@@ -367,9 +368,10 @@ class BatchSlot:
         if isinstance(batch, Tensor):
             return [batch], Tensor
         kind = type(batch)
-        if (kind is tuple or kind is list) and all(isinstance(x, Tensor) for x in batch):
+        # One level deep: tensors and plain values (a tuple of file names is one leaf, not one per name).
+        if (kind is tuple or kind is list) and all(isinstance(x, Tensor) or _plain_value(x) for x in batch):
             return list(batch), (kind, len(batch))
-        if kind is dict and all(isinstance(x, Tensor) for x in batch.values()):
+        if kind is dict and all(isinstance(x, Tensor) or _plain_value(x) for x in batch.values()):
             return list(batch.values()), (dict, tuple(batch))  # pytree's order too: the values as inserted
         return tree_flatten(batch)
 
@@ -405,13 +407,16 @@ class BatchSlot:
                 and keys == last[4]):
             # The common case, a batch shaped like the last one: no walk, no key, cached slices.
             same = True
-            try:
-                for x, (dtype, shape) in zip(plain, last[3]):
-                    if x.dtype is not dtype or x.shape != shape or x.requires_grad:
-                        same = False
-                        break
-            except AttributeError:  # a leaf that is not a tensor
-                same = False
+            if last[5]:  # every leaf a tensor with a buffer
+                try:
+                    for x, (dtype, shape) in zip(plain, last[3]):
+                        if x.dtype is not dtype or x.shape != shape or x.requires_grad:
+                            same = False
+                            break
+                except AttributeError:  # a leaf that is not a tensor
+                    same = False
+            else:
+                same = self._same_shape_new_values(plain, last[3])
             if same:
                 rows = self.n
                 if rows == last[2]:
@@ -431,7 +436,8 @@ class BatchSlot:
         key = (structure, self.capacity, tuple(self._leaf_key(x, size) for x in leaves))
         changed = key != self._key
         if changed:
-            spec = tree_flatten(batch)[1]
+            # The container's TreeSpec for the leaves above: pytree's own, or one level deep.
+            spec = structure if isinstance(structure, TreeSpec) else tree_flatten(batch, is_leaf=lambda v: v is not batch)[1]
             buffers: list[Tensor | None] = []
             constants: list[Any] = []
             for x in leaves:
@@ -461,10 +467,42 @@ class BatchSlot:
                 if x.requires_grad:
                     x = x.detach()
                 dst.copy_(x if n == size else x[:n])
-        if plain is not None and all(isinstance(x, Tensor) for x in plain):
-            self._last = (kind, requested, size, [(x.dtype, x.shape) for x in plain], keys)
+        if plain is not None and all(isinstance(x, Tensor) or _plain_value(x) for x in plain):
+            metas = [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain]
+            self._last = (kind, requested, size, metas, keys, all(b is not None for b in self._buffers))
         self.size, self.n = size, n
         return changed
+
+    def _same_shape_new_values(self, plain: Sequence[Any], metas: list[Any]) -> bool:
+        """The fast path's check where some leaves are not batched tensors: their new values, in the layout.
+
+        True if every tensor has the last shape and dtype and every other leaf its type (then new
+        values of those leaves replace the layout's, and :attr:`constants_changed` says so).
+        """
+        spec, constants, buffers = self.layout  # type: ignore[misc]
+        fresh: list[Any] | None = None
+        for i, (x, meta, buf, old) in enumerate(zip(plain, metas, buffers, constants)):
+            if meta is None:  # a plain value
+                if x is old:
+                    continue
+                if type(x) is not type(old) or not _plain_value(x):
+                    return False
+                if x == old:
+                    continue
+                value = x
+            else:
+                if not isinstance(x, Tensor) or x.dtype is not meta[0] or x.shape != meta[1] or x.requires_grad:
+                    return False
+                if buf is not None or (x.device == old.device and torch.equal(x, old)):  # copied below, or unchanged
+                    continue
+                value = x.detach().cpu()
+            if fresh is None:
+                fresh = list(constants)
+            fresh[i] = value
+        if fresh is not None:
+            self.layout = (spec, fresh, buffers)
+            self.constants_changed = True
+        return True
 
     @staticmethod
     def _leaf_key(x: Any, size: int) -> Any:
@@ -472,6 +510,17 @@ class BatchSlot:
             batched = x.dim() > 0 and x.shape[0] == size
             return (x.dtype, x.shape[1:] if batched else x.shape, batched)
         return ("c", type(x))  # its value travels apart (constants_changed): a new file name is no new layout
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _plain_value(x: Any) -> bool:
+    """A leaf kept whole in a batch's layout: a scalar or string, or a tuple or list of them (file names, ids)."""
+    if isinstance(x, _PLAIN):
+        return True
+    kind = type(x)
+    return (kind is tuple or kind is list) and all(isinstance(v, _PLAIN) for v in x)
 
 
 def _same_constants(a: list[Any], b: list[Any]) -> bool:

@@ -69,8 +69,9 @@ which a training-mode forward never reads, are not mirrored, :mod:`lightning_asy
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
 ``FlatTensors.flat_writer``);
-one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a flat
-tuple, list or dict of them shaped like the last batch); one snapshot comparison of the optimizers'
+one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a
+tuple, list or dict of tensors and plain values shaped like the last batch; new file names or ids
+are pickled into a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`); one snapshot comparison of the optimizers'
 hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
 into shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); four numbers written in one
 call and one ``sem_post``. Each micro-batch adds one addition
