@@ -170,12 +170,17 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
-            self._adaptive_flags = self._asam_flags()
             self._plain_transfer = None
-            self._release_flat()
-            self._flat = FlatParameters(self._params)
             self._step_counter = None  # made at this fit's first step
-            self._start_worker()
+            self._lay_out_params()
+
+    def _lay_out_params(self) -> None:
+        """The trainable parameters into flat buffers, and this rank's worker for them (each fit, and as the set grows)."""
+        self.close_worker()  # while the old flat buffers still hold w_t's backup
+        self._adaptive_flags = self._asam_flags()
+        self._release_flat()
+        self._flat = FlatParameters(self._params)
+        self._start_worker()
 
     def _start_worker(self) -> None:
         """Spawn this rank's worker early: it boots during the sanity check and the unperturbed step 0."""
@@ -208,12 +213,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         # AsyncSAM's rule keeps no per-parameter state: the worker restarts with the new set (the
         # gradient in flight, of the old set, is dropped, so this step runs unperturbed).
         self.close_worker()
-        self._release_flat()
-        self._params = self._trainable_params()
-        self._backup = [torch.empty_like(p) for p in self._params]
-        self._adaptive_flags = self._asam_flags()
-        self._flat = FlatParameters(self._params)
-        self._start_worker()
+        self._collect_params()
+        self._lay_out_params()
         rank_zero_info(f"AsyncSAM: the optimizers now train {len(new)} more parameter(s) (added mid-fit); the ascent "
                        "worker restarted with them, and this step runs unperturbed.")
 

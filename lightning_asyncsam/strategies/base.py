@@ -236,9 +236,8 @@ class SharpnessAwareStrategy(DDPStrategy):
         if trainer.state.fn == TrainerFn.FITTING:
             module = self.lightning_module
             self._manual = module is not None and not module.automatic_optimization
-            self._params = self._trainable_params()
+            self._collect_params()
             self._params_warned = False
-            self._backup = [torch.empty_like(p) for p in self._params]
             self._skipped, self._skips_warned = None, False
         self._root = None
         self._root = self.root_device
@@ -261,6 +260,11 @@ class SharpnessAwareStrategy(DDPStrategy):
                 "optimizers; SAM needs at least one parameter with requires_grad=True"
             )
         return params
+
+    def _collect_params(self) -> None:
+        """The parameters the optimizers train (see _trainable_params), and a backup shaped like them."""
+        self._params = self._trainable_params()
+        self._backup = [torch.empty_like(p) for p in self._params]
 
     def _check_trainable(self) -> None:
         """Whether the optimizers now train parameters that they did not when the fit started (once an epoch)."""
