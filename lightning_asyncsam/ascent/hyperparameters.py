@@ -39,6 +39,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from typing_extensions import override
+
+from lightning_asyncsam.ascent.shared_block import SharedBlock
 
 CAPACITY = 256  # numbers: 25 param groups of 10 each; a larger layout falls back to messages
 
@@ -47,7 +50,7 @@ Groups = Sequence[Sequence[Mapping[str, Any]]]  # per optimizer, per param group
 _Position = tuple[int, int, str, int, type]
 
 
-class SharedHyperparameters:
+class SharedHyperparameters(SharedBlock):
     """A version count, the epoch and up to :data:`CAPACITY` numbers in shared memory (see the module's docstring).
 
     Created in the main process before the worker starts and handed to it as a ``Process``
@@ -57,16 +60,9 @@ class SharedHyperparameters:
     """
 
     def __init__(self) -> None:
-        self._shared = torch.zeros(CAPACITY + 2, dtype=torch.float64).share_memory_()  # version, epoch, numbers
-        self._attach()
+        super().__init__(torch.zeros(CAPACITY + 2, dtype=torch.float64).share_memory_())  # version, epoch, numbers
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_shared": self._shared}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._shared = state["_shared"]
-        self._attach()
-
+    @override
     def _attach(self) -> None:
         # A ctypes view: numbers read and written as Python floats, no tensor operation per value.
         self._slots = (ctypes.c_double * (CAPACITY + 2)).from_address(self._shared.data_ptr())

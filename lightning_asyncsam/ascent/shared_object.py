@@ -28,11 +28,14 @@ import pickle
 from typing import Any
 
 import torch
+from typing_extensions import override
+
+from lightning_asyncsam.ascent.shared_block import SharedBlock
 
 _HEADER = 16  # a float64 version, an int64 length
 
 
-class SharedObject:
+class SharedObject(SharedBlock):
     """One picklable object of up to ``capacity`` bytes, pickled into shared memory (see the module's docstring).
 
     Created in the main process before the worker starts and handed to it as a ``Process``
@@ -43,16 +46,9 @@ class SharedObject:
     """
 
     def __init__(self, capacity: int = 1 << 16) -> None:
-        self._shared = torch.zeros(_HEADER + capacity, dtype=torch.uint8).share_memory_()
-        self._attach()
+        super().__init__(torch.zeros(_HEADER + capacity, dtype=torch.uint8).share_memory_())
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_shared": self._shared}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._shared = state["_shared"]
-        self._attach()
-
+    @override
     def _attach(self) -> None:
         address = self._shared.data_ptr()
         self._address = address
