@@ -487,15 +487,17 @@ class BatchSlot:
                     continue
                 if type(x) is not type(old) or not _plain_value(x):
                     return False
-                if x == old:
-                    continue
                 value = x
             else:
                 if not isinstance(x, Tensor) or x.dtype is not meta[0] or x.shape != meta[1] or x.requires_grad:
                     return False
-                if buf is not None or (x.device == old.device and torch.equal(x, old)):  # copied below, or unchanged
+                if buf is not None:  # batched: copied below
                     continue
-                value = x.detach().cpu()
+                value = x
+            if _same_leaf(value, old):
+                continue
+            if isinstance(value, Tensor):
+                value = value.detach().cpu()
             if fresh is None:
                 fresh = list(constants)
             fresh[i] = value
@@ -524,21 +526,21 @@ def _plain_value(x: Any) -> bool:
 
 
 def _same_constants(a: list[Any], b: list[Any]) -> bool:
-    """Whether two lists of a layout's non-buffer leaves hold the same values (tensors by content)."""
-    for x, y in zip(a, b):
-        if x is y:
-            continue
-        if isinstance(x, Tensor) or isinstance(y, Tensor):
-            if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dtype == y.dtype and x.shape == y.shape
-                    and torch.equal(x, y)):
-                return False
-            continue
-        try:
-            if type(x) is not type(y) or not bool(x == y):
-                return False
-        except Exception:  # noqa: BLE001 - a value without a plain answer to == (an array): a new value
-            return False
-    return True
+    """Whether two lists of a layout's non-buffer leaves hold the same values."""
+    return all(map(_same_leaf, a, b))
+
+
+def _same_leaf(x: Any, y: Any) -> bool:
+    """Whether a non-buffer leaf holds the value it held (tensors by content, on one device)."""
+    if x is y:
+        return True
+    if isinstance(x, Tensor) or isinstance(y, Tensor):
+        return (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dtype == y.dtype and x.shape == y.shape
+                and x.device == y.device and torch.equal(x, y))
+    try:
+        return type(x) is type(y) and bool(x == y)
+    except Exception:  # noqa: BLE001 - a value without a plain answer to == (an array): a new value
+        return False
 
 
 def read_batch(layout: tuple[TreeSpec, list[Any], list[Tensor | None]], n: int, device: torch.device) -> Any:
