@@ -144,18 +144,26 @@ def test_manual_backward_in_the_replica_is_refused_with_the_remedy(tmp_path: Pat
         _fit(ManualBackwardInAscent(str(tmp_path / "marker")))
 
 
-class StepScheduled(TinyClassifier):
-    """Adam under OneCycleLR stepped every optimizer step: the learning rate and ``betas`` change at every step."""
+class InReplica(TinyClassifier):
+    """A module that writes ``path`` from its replica: the process that runs it is not the one that built it."""
 
-    def __init__(self, log: str) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__()
-        self.log_path = log
+        self.path = path
         self.main_pid = os.getpid()
 
+    @property
+    def in_replica(self) -> bool:
+        return os.getpid() != self.main_pid
+
+
+class StepScheduled(InReplica):
+    """Adam under OneCycleLR stepped every optimizer step: the learning rate and ``betas`` change at every step."""
+
     def training_step(self, batch, batch_idx):
-        if os.getpid() != self.main_pid:  # the replica writes what its stand-in holds at this step
+        if self.in_replica:  # the replica writes what its stand-in holds at this step
             group = self.trainer.optimizers[0].param_groups[0]
-            with open(self.log_path, "a") as f:
+            with open(self.path, "a") as f:
                 f.write(f"{self.global_step} {self.current_epoch} {group['lr']!r} {group['betas']!r} "
                         f"{group['weight_decay']!r}\n")
         return super().training_step(batch, batch_idx)
@@ -198,22 +206,20 @@ def test_a_per_step_scheduler_reaches_the_replica_through_shared_memory(tmp_path
     assert messages == [1] + [0] * (2 * BATCHES - 1)
 
 
-class FrozenScale(TinyClassifier):
+class FrozenScale(InReplica):
     """A frozen parameter and a buffer that the forward reads, changed by a callback after every step."""
 
     def __init__(self, log: str) -> None:
-        super().__init__()
+        super().__init__(log)
         self.scale = torch.nn.Parameter(torch.ones(1), requires_grad=False)
         self.register_buffer("shift", torch.zeros(1))
-        self.log_path = log
-        self.main_pid = os.getpid()
 
     def forward(self, x):
         return super().forward(x) * self.scale + self.shift
 
     def training_step(self, batch, batch_idx):
-        if os.getpid() != self.main_pid:
-            with open(self.log_path, "a") as f:
+        if self.in_replica:
+            with open(self.path, "a") as f:
                 f.write(f"{self.global_step} {self.scale.item()!r} {self.shift.item()!r}\n")
         return super().training_step(batch, batch_idx)
 
@@ -245,19 +251,14 @@ def test_frozen_tensors_that_change_reach_the_replica(tmp_path: Path) -> None:
         assert values == seen[int(step)], (step, values, seen[int(step)])
 
 
-class Named(TinyClassifier):
+class Named(InReplica):
     """Batches carry a name per sample (as file names do); the replica checks that its names match its samples."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker = marker
-        self.main_pid = os.getpid()
 
     def training_step(self, batch, batch_idx):
         x, y, names = batch
-        if os.getpid() != self.main_pid:
+        if self.in_replica:
             assert [f"{v:.6f}" for v in x[:, 0].tolist()] == list(names[:len(x)]), (names, x[:, 0])
-            Path(self.marker).write_text("replica checked its names")
+            Path(self.path).write_text("replica checked its names")
         return super().training_step((x, y), batch_idx)
 
 
@@ -270,18 +271,13 @@ def test_per_sample_names_reach_the_replica_with_their_samples(tmp_path: Path) -
     assert marker.exists() and t.global_step == 2 * BATCHES
 
 
-class GroupReader(TinyClassifier):
+class GroupReader(InReplica):
     """The replica writes its param group as it sees it at each step."""
 
-    def __init__(self, log: str) -> None:
-        super().__init__()
-        self.log_path = log
-        self.main_pid = os.getpid()
-
     def training_step(self, batch, batch_idx):
-        if os.getpid() != self.main_pid:
+        if self.in_replica:
             group = dict(self.trainer.optimizers[0].param_groups[0])
-            with open(self.log_path, "a") as f:
+            with open(self.path, "a") as f:
                 f.write(f"{self.global_step} {group['lr']!r} {group.get('note')!r}\n")
         return super().training_step(batch, batch_idx)
 
