@@ -232,35 +232,50 @@ def test_the_worker_mirrors_what_a_training_forward_reads() -> None:
 
 
 @pytest.mark.parametrize("make", [TinyClassifier, ManualClassifier], ids=["automatic", "manual"])
-def test_the_step_counter_read_directly_is_the_global_step(make, tmp_path) -> None:
-    """optimizer_step_counter() reads Lightning's progress tracker, made once per fit: it must say what
-    trainer.global_step says on every batch, in a fit and in one resumed from its checkpoint."""
-    from lightning_asyncsam.logging_steps import optimizer_step_counter
+def test_the_counters_read_directly_are_the_global_step_and_epoch(make, tmp_path) -> None:
+    """optimizer_step_counter() and epoch_counter() read Lightning's progress trackers, made once per fit:
+    they must say what trainer.global_step and trainer.current_epoch say on every batch, in a fit and in
+    one resumed from its checkpoint."""
+    from lightning_asyncsam.logging_steps import epoch_counter, optimizer_step_counter
 
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int, int]] = []
 
     class Compare(L.Callback):
-        counter = None
+        counters = None
 
         def on_train_start(self, trainer, pl_module) -> None:
-            self.counter = None
+            self.counters = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if self.counter is None:
-                self.counter = optimizer_step_counter(trainer, manual=not pl_module.automatic_optimization)
-            seen.append((self.counter(), trainer.global_step))
+            if self.counters is None:
+                self.counters = (optimizer_step_counter(trainer, manual=not pl_module.automatic_optimization),
+                                 epoch_counter(trainer))
+            self.on_train_batch_end(trainer, pl_module, None, batch, batch_idx)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            seen.append((self.counter(), trainer.global_step))
+            step, epoch = self.counters
+            seen.append((step(), trainer.global_step, epoch(), trainer.current_epoch))
 
     t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Compare()])
     t.fit(make(), loader(make_data(n=32, dtype=torch.float32), 8))
-    assert len(seen) == 16 and all(a == b for a, b in seen), seen
-    assert seen[-1][1] == 8
+    assert len(seen) == 16 and all(a == b and c == d for a, b, c, d in seen), seen
+    assert seen[-1][1] == 8 and seen[-1][3] == 1
     path = tmp_path / "two_epochs.ckpt"
     t.save_checkpoint(path)
     seen.clear()
     t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=3, callbacks=[Compare()])
     t.fit(make(), loader(make_data(n=32, dtype=torch.float32), 8), ckpt_path=path)
-    assert len(seen) == 8 and all(a == b for a, b in seen), seen
-    assert seen[0][1] == 8 and seen[-1][1] == 12
+    assert len(seen) == 8 and all(a == b and c == d for a, b, c, d in seen), seen
+    assert seen[0][1] == 8 and seen[-1][1] == 12 and seen[0][3] == 2
+
+
+def test_the_base_strategy_backward_hooks_are_empty() -> None:
+    """One process skips Strategy.pre_backward and post_backward (each call costs a microsecond mid-step):
+    that is right only while Lightning's are empty."""
+    from lightning.pytorch.strategies import Strategy
+
+    def empty(self, closure_loss):  # noqa: ANN001, ANN202
+        """A docstring adds no bytecode."""
+
+    for hook in (Strategy.pre_backward, Strategy.post_backward):
+        assert hook.__code__.co_code == empty.__code__.co_code, f"{hook.__qualname__} is no longer empty"

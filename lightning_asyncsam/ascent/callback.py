@@ -102,7 +102,9 @@ class AsyncSAMCallback(BatchFreeCallback):
 
     def __init__(self) -> None:
         self._tuner: AscentBatchTuner | None = None
-        self._synced_step: int | None = None   # optimizer step whose first micro-batch was synchronized
+        # The optimizer step whose first micro-batch was synchronized (a later micro-batch of it needs
+        # nothing): read by the strategy at every micro-batch, as an attribute.
+        self.synced_step: int | None = None
         self._ended_step: int | None = None    # optimizer step whose end was accounted (end_step)
         self._step: int | None = None          # optimizer step whose held gradient this is
         self._held: list[Tensor] | None = None  # a collected g_{step} or e, not yet handed over (flat, host)
@@ -216,15 +218,11 @@ class AsyncSAMCallback(BatchFreeCallback):
         slot = worker.slot
         if slot.size > b:
             self._full_batch = slot.size
-        self._synced_step = step
+        self.synced_step = step
         self._wait_ms = wait_ms
         self.wait_total_ms += wait_ms
         self._n = float(slot.n)
         self._submitted_at = time.perf_counter()
-
-    def synced(self, step: int) -> bool:
-        """Whether optimizer step ``step`` was synchronized (a later micro-batch of it needs nothing)."""
-        return self._synced_step == step
 
     def _skip(self, strategy: AscentHost) -> None:
         """A non-finite ``g_{t-1}`` is never applied: the step runs unperturbed, counted and warned about."""
@@ -305,9 +303,9 @@ class AsyncSAMCallback(BatchFreeCallback):
         logs its own values of this batch. The strategy counts the time of this call itself in the
         next window.
         """
-        if self._ended_step == self._synced_step:
+        if self._ended_step == self.synced_step:
             return
-        self._ended_step = self._synced_step
+        self._ended_step = self.synced_step
         perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
         self._perturb_ms = perturb_ms
         added = strategy.take_added_ms()
@@ -356,7 +354,7 @@ class AsyncSAMCallback(BatchFreeCallback):
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._synced_step = self._ended_step = None
+        self.synced_step = self._ended_step = None
         self._skip_warned = False
         self._window_ms, self._window_steps = 0.0, 0
 

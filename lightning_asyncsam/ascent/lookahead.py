@@ -13,6 +13,7 @@ The lookahead stops at the end of an epoch: the last step of an epoch has no "ne
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -41,15 +42,18 @@ class LookaheadLoader:
         self.__dict__["_loader"] = loader
         self.__dict__["_depth"] = depth
         self.__dict__["_queue"] = deque()
-        # The wrapper's own time per batch, from the wrapped loader's answer to the batch's hand-over
-        # (the generator's switches around it cannot be timed from inside).
-        self.__dict__["added_ms"] = 0.0
+        # The wrapper's own time, in ms, since it was last read: from the wrapped loader's answer to
+        # the batch's hand-over (the generator's switches around it cannot be timed from inside). A
+        # one-number cell, read and reset in place by whoever accounts for it (take_added_ms, or
+        # the strategy without a call).
+        self.__dict__["timer"] = array("d", [0.0])
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self._loader)
         queue: deque = deque()
         self.__dict__["_queue"] = queue
         depth = self._depth
+        timer = self.timer
         exhausted = False
         while True:
             while not exhausted and len(queue) <= depth:
@@ -64,7 +68,7 @@ class LookaheadLoader:
                 return
             batch = queue.popleft()
             if not exhausted:
-                self.__dict__["added_ms"] += (time.perf_counter() - start) * 1e3
+                timer[0] += (time.perf_counter() - start) * 1e3
             yield batch
 
     def peek(self, k: int) -> Any:
@@ -74,8 +78,8 @@ class LookaheadLoader:
 
     def take_added_ms(self) -> float:
         """The time, in ms, that the lookahead itself added to the batches since the last call."""
-        added = self.__dict__["added_ms"]
-        self.__dict__["added_ms"] = 0.0
+        timer = self.timer
+        added, timer[0] = timer[0], 0.0
         return added
 
     def __len__(self) -> int:

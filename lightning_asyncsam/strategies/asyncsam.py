@@ -323,8 +323,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         """The trainer-thread time, in ms, that the strategy added since the last call (its lookahead's included)."""
         added, self.added_ms = self.added_ms, 0.0
         lookahead = self.lookahead
-        if lookahead is not None:
-            added += lookahead.take_added_ms()
+        if lookahead is not None:  # its timer read in place: no call, once a step
+            timer = lookahead.timer
+            added += timer[0]
+            timer[0] = 0.0
         return added
 
     # ----------------------------------------------------------------- the perturbation
@@ -412,7 +414,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def _after_closure(self) -> None:
         sync = self._sync
-        if sync is not None and sync.log_step:  # the diagnostics only on a logging step
+        if sync is not None:
             sync.after_closure(self)
 
     @override
@@ -436,8 +438,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             if counter is None:
                 counter = self._step_counter = optimizer_step_counter(trainer, self._manual)  # type: ignore[arg-type]
             step = counter()  # trainer.global_step
-            if not sync.synced(step):  # the first micro-batch of this optimizer step
+            if sync.synced_step != step:  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
+                self._after_closure_due = sync.log_step  # the diagnostics only on a logging step
         return self.direction
 
     @classmethod

@@ -94,6 +94,8 @@ class SharpnessAwareStrategy(DDPStrategy):
             :class:`~torch.nn.parallel.DistributedDataParallel`); any other name raises a ValueError.
     """
 
+    _own_descent = False  # see __init_subclass__
+
     def __init__(self, rho: float = 0.05, start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
                  **kwargs: Any) -> None:
         _check_kwargs(type(self), kwargs)
@@ -115,6 +117,15 @@ class SharpnessAwareStrategy(DDPStrategy):
         # Trainer-thread time that the strategy's own code added to the steps, in ms, since a reader
         # (AsyncSAM's callback) last reset it: every override that Lightning calls per batch adds its share.
         self.added_ms = 0.0
+        # Whether this optimizer step's closure ends with _after_closure (AsyncSAM: a logging step's
+        # diagnostics). A flag, not a call on every step: a call costs about a microsecond mid-step.
+        self._after_closure_due = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A rule that computes its own descent (ESAM, MESA) overrides _descent; the others run the
+        # module's training_step without that frame in between.
+        cls._own_descent = cls._descent is not SharpnessAwareStrategy._descent
 
     # ----------------------------------------------------------------- single-process mode
     @property
@@ -160,10 +171,9 @@ class SharpnessAwareStrategy(DDPStrategy):
 
     @override
     def pre_backward(self, closure_loss: Tensor) -> None:
-        # One process has no DDP wrapper, which is all that DDPStrategy's hooks look after.
-        if self._one_process:
-            Strategy.pre_backward(self, closure_loss)
-        else:
+        # One process has no DDP wrapper, which is all that DDPStrategy's hooks look after; the base
+        # Strategy's hook is empty (a test checks it), and a call costs a microsecond mid-step.
+        if not self._one_process:
             super().pre_backward(closure_loss)
 
     # ----------------------------------------------------------------- the rule's state
@@ -327,7 +337,7 @@ class SharpnessAwareStrategy(DDPStrategy):
             self._perturb(step)
         descent = time.perf_counter()
         try:
-            out = self._descent(*args, **kwargs)
+            out = self._descent(*args, **kwargs) if self._own_descent else super().training_step(*args, **kwargs)
         except BaseException:
             self._restore()
             raise
@@ -350,9 +360,7 @@ class SharpnessAwareStrategy(DDPStrategy):
     @override
     def post_backward(self, closure_loss: Tensor) -> None:
         start = time.perf_counter()
-        if self._one_process:
-            Strategy.post_backward(self, closure_loss)
-        else:
+        if not self._one_process:  # Strategy.post_backward is empty, as pre_backward
             super().post_backward(closure_loss)
         if self._perturbed:
             self._restore()
@@ -368,7 +376,8 @@ class SharpnessAwareStrategy(DDPStrategy):
                 start = time.perf_counter()
                 if self._perturbed:
                     self._restore()
-            self._after_closure()
+            if self._after_closure_due:
+                self._after_closure()
             self.added_ms += (time.perf_counter() - start) * 1e3
             return out
 
@@ -377,7 +386,10 @@ class SharpnessAwareStrategy(DDPStrategy):
         return super().optimizer_step(optimizer, restoring_closure, model, **kwargs)
 
     def _after_closure(self) -> None:
-        """Runs when a step's closure (forward, backward, restore) has run, before clipping and the update."""
+        """Runs when a step's closure (forward, backward, restore) has run, before clipping and the update.
+
+        Only where :attr:`_after_closure_due` is set, for the step at hand.
+        """
 
     @override
     def on_exception(self, exception: BaseException) -> None:
