@@ -115,6 +115,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._worker: AscentWorker | None = None       # the worker the cached value below belongs to
         self._on_cuda = False                          # the main process computes on a GPU
         self._delivers_step = False                    # the worker delivers e, not g
+        self._host_directions: list[tuple[list[Tensor], list[Tensor]]] | None = None  # see synchronize
         self._announced = False
         self.log_step = False  # whether this optimizer step's diagnostics reach the loggers (read by the strategy)
         # The latest diagnostics, as plain attributes: a dict is built only when they are logged.
@@ -157,8 +158,12 @@ class AsyncSAMCallback(BatchFreeCallback):
             self._worker = worker
             self._on_cuda = strategy.root_device.type == "cuda"
             self._delivers_step = worker.delivers_step
+            # Beside a CPU trainer, e is the worker's host buffer itself: each buffer's (views, flats), as
+            # use_gradient would make them, once per worker.
+            self._host_directions = None if self._on_cuda else [g.on_device() for g in worker.grads]
         wait_ms = 0.0
         direction = None
+        index = 0  # which of the worker's two buffers holds the direction
         scaled = self._delivers_step
         self._e_norm = None
         in_flight = worker.in_flight
@@ -174,7 +179,8 @@ class AsyncSAMCallback(BatchFreeCallback):
                 if self._tuner is not None:
                     self._after_ascent(strategy, result.ascent_ms, result.samples, start)
                 if math.isfinite(result.grad_norm):
-                    direction = worker.grads[in_flight % 2]
+                    index = in_flight % 2
+                    direction = worker.grads[index]
                     if scaled and self.log_step:  # e = rho g / (||g|| + EPS): the cosine needs no pass over e for ||e||
                         self._e_norm = strategy.rho * result.grad_norm / (result.grad_norm + EPS)
                 else:
@@ -182,13 +188,19 @@ class AsyncSAMCallback(BatchFreeCallback):
             else:
                 worker.collect()  # stale by more than one step (e.g. a skipped batch): drop it
         elif self._held is not None and self._step == step - 1:
-            worker.grads[(step - 1) % 2].load_flat(self._held)
-            direction = worker.grads[(step - 1) % 2]
+            index = (step - 1) % 2
+            worker.grads[index].load_flat(self._held)
+            direction = worker.grads[index]
             # Held as e only if this worker makes the same e; otherwise as a direction (both rules are
             # invariant to its scale) that the strategy scales.
             scaled = scaled and self._held_rho == strategy.rho
         self._held = None
-        strategy.use_gradient(direction, scaled)
+        host = self._host_directions
+        if direction is not None and scaled and host is not None:
+            # What use_gradient(direction, scaled=True) does on the host, without its two frames mid-step.
+            strategy.direction, strategy._direction_flats = host[index]
+        else:
+            strategy.use_gradient(direction, scaled)
 
         ascent_batch = strategy.cpu_batch
         if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
@@ -222,7 +234,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._wait_ms = wait_ms
         self.wait_total_ms += wait_ms
         self._n = float(slot.n)
-        self._submitted_at = time.perf_counter()
+        if self._tuner is not None:  # the start of the worker's window, for "auto"
+            self._submitted_at = time.perf_counter()
 
     def _skip(self, strategy: AscentHost) -> None:
         """A non-finite ``g_{t-1}`` is never applied: the step runs unperturbed, counted and warned about."""

@@ -46,8 +46,11 @@ class FlatParameters:
     def __init__(self, params: Sequence[Tensor]) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
-        self._first = -1  # where the first parameter's data starts while it lives in the buffers (-1: it does not)
-        self._anchor = self._params[0] if self._params else torch.empty(0)  # the parameter that intact() reads
+        # intact() in two public parts, for a caller that checks at every step without its frame:
+        # ``anchor_ptr() == first``. first: where the first parameter's data starts while it lives in
+        # the buffers (-1: it does not); anchor_ptr: that parameter's data_ptr, bound.
+        self.first = -1
+        self.anchor_ptr = (self._params[0] if self._params else torch.empty(0)).data_ptr
         if not _flattenable(self._params):
             return
         groups: dict[torch.dtype, list[Tensor]] = {}
@@ -64,7 +67,7 @@ class FlatParameters:
                     p.data = view
                     offset += n
                 self.flats.append(flat)
-        self._first = self._params[0].data_ptr()
+        self.first = self._params[0].data_ptr()
 
     @property
     def active(self) -> bool:
@@ -77,7 +80,7 @@ class FlatParameters:
         ``module.to()`` and the like move every parameter, the first too, so they are caught;
         rebinding one parameter's ``.data`` in the middle of a fit is not supported.
         """
-        return self._anchor.data_ptr() == self._first
+        return self.anchor_ptr() == self.first
 
     def release(self) -> None:
         """Give every parameter a storage of its own again (same values); :attr:`flats` empties."""
@@ -86,7 +89,7 @@ class FlatParameters:
                 for p in self._params:
                     p.data = p.data.clone()
         self.flats = []
-        self._first = -1
+        self.first = -1
 
 
 def _flattenable(params: Sequence[Tensor]) -> bool:

@@ -41,7 +41,7 @@ class LookaheadLoader:
             raise ValueError(f"LookaheadLoader: depth must be >= 1, got {depth}")
         self.__dict__["_loader"] = loader
         self.__dict__["_depth"] = depth
-        self.__dict__["_queue"] = deque()
+        self.__dict__["upcoming"] = deque()  # the batches read ahead, in order (see peek)
         # The wrapper's own time, in ms, since it was last read: from the wrapped loader's answer to
         # the batch's hand-over (the generator's switches around it cannot be timed from inside). A
         # one-number cell, read and reset in place by whoever accounts for it (take_added_ms, or
@@ -51,7 +51,7 @@ class LookaheadLoader:
     def __iter__(self) -> Iterator[Any]:
         it = iter(self._loader)
         queue: deque = deque()
-        self.__dict__["_queue"] = queue
+        self.__dict__["upcoming"] = queue
         depth = self._depth
         timer = self.timer
         exhausted = False
@@ -73,7 +73,7 @@ class LookaheadLoader:
 
     def peek(self, k: int) -> Any:
         """The batch ``k`` positions after the one last yielded, or None past the end of the epoch."""
-        queue = self._queue
+        queue = self.upcoming
         return queue[k - 1] if 1 <= k <= len(queue) else None
 
     def take_added_ms(self) -> float:

@@ -308,9 +308,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             return None
         module = self._lightning_module
         trainer = module._trainer  # type: ignore[union-attr]
-        raw = lookahead.peek(trainer.accumulate_grad_batches)  # type: ignore[union-attr]
-        if raw is None:
+        k = trainer.accumulate_grad_batches  # type: ignore[union-attr]
+        upcoming = lookahead.upcoming  # lookahead.peek(k), without its frame: this runs at every step
+        if k > len(upcoming):
             return None
+        raw = upcoming[k - 1]
         plain = self._plain_transfer
         if plain is None:
             plain = self._plain_transfer = _plain_transfer(trainer)  # type: ignore[arg-type]
@@ -360,7 +362,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         publication, each perturbation and each restore are one operation per dtype.
         """
         flat = self._flat
-        if flat is not None and flat.intact():
+        if flat is not None and flat.anchor_ptr() == flat.first:  # flat.intact(), without its frame
             if self._published_by is not worker:  # the same buffers every step: the views and the writer made once
                 self._published_by, self._published_views_of = worker, None
                 self._published_views = worker.published_flats()
