@@ -74,6 +74,32 @@ def test_batch_slot_relayouts_when_the_batch_changes() -> None:
     assert slot.write((torch.randn(8, 5), torch.arange(8)), 2)  # new feature shape
 
 
+@pytest.mark.parametrize("n", [32, 8], ids=["all", "first8"])
+def test_a_short_last_batch_and_the_full_one_after_it_take_the_fast_path(n, monkeypatch) -> None:
+    """An epoch's short last batch (drop_last=False) and the next epoch's full batch reuse the buffers and their
+    layout without the slow path's walk, and the worker reads exactly their first rows."""
+    slot = BatchSlot()
+    full = (torch.randn(32, 3), torch.arange(32))
+    assert slot.write(full, n) is True
+    buffers = slot.layout[2]
+
+    def no_walk(batch):  # noqa: ANN001, ANN202
+        raise AssertionError("the slow path ran")
+
+    monkeypatch.setattr(BatchSlot, "_flatten", staticmethod(no_walk))
+    for size in (29, 32, 5, 32, 32):
+        batch = (torch.randn(size, 3), torch.arange(size) + size)
+        assert slot.write(batch, n) is False
+        rows = min(n, size)
+        assert (slot.size, slot.n) == (size, rows) and slot.layout[2] is buffers
+        got = read_batch(slot.layout, rows, torch.device("cpu"))
+        assert torch.equal(got[0], batch[0][:rows]) and torch.equal(got[1], batch[1][:rows])
+    monkeypatch.undo()
+    assert slot.write((torch.randn(40, 3), torch.arange(40)), n) is True  # more than the buffers hold: a new layout
+    assert slot.write((torch.randn(8, 4), torch.arange(8)), n) is True  # another per-sample shape
+    assert slot.write((torch.randn(8, 4), torch.arange(8.0)), n) is True  # another dtype
+
+
 def test_batch_size_needs_a_tensor() -> None:
     with pytest.raises(ValueError, match="no tensor with a batch dimension"):
         BatchSlot.batch_size(("a", 1))

@@ -330,7 +330,9 @@ class BatchSlot:
     Per step, a batch that is a tensor, or a tuple, list or dict of tensors and plain values
     (strings, numbers, a tuple of file names: kept whole, one leaf each) costs no pytree walk: its
     leaves are the batch's own values, and its structure key is its type and length (and a dict's
-    keys, in order). Deeper batches take pytree's walk.
+    keys, in order). Deeper batches take pytree's walk. A batch of tensors with another number of
+    samples but the same per-sample shapes (an epoch's short last batch, and the full one after it)
+    keeps that path too.
 
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
@@ -415,6 +417,9 @@ class BatchSlot:
                             break
                 except AttributeError:  # a leaf that is not a tensor
                     same = False
+                if not same:  # an epoch's short last batch, or the full one after it: the same buffers
+                    same = self._resized(plain, last)
+                    last = self._last
             else:
                 same = self._same_shape_new_values(plain, last[3])
             if same:
@@ -472,6 +477,34 @@ class BatchSlot:
             self._last = (kind, requested, size, metas, keys, all(b is not None for b in self._buffers))
         self.size, self.n = size, n
         return changed
+
+    def _resized(self, plain: Sequence[Any], last: tuple[Any, ...]) -> bool:
+        """The fast path's check for tensors of the last dtypes and per-sample shapes, in another number.
+
+        An epoch's last batch is often short (``drop_last=False``), and the next batch is full again:
+        both fit the buffers (up to :attr:`capacity` samples), so only the sample count, the rows to
+        copy and their slices change, not the layout. True if so, with those updated.
+        """
+        size = -1
+        metas = []
+        try:
+            for x, (dtype, shape) in zip(plain, last[3]):
+                xs = x.shape
+                if x.dtype is not dtype or xs[1:] != shape[1:] or x.requires_grad or (size >= 0 and xs[0] != size):
+                    return False
+                size = xs[0]
+                metas.append((dtype, xs))
+        except (AttributeError, IndexError):  # a leaf that is not a tensor, or a 0-dim one
+            return False
+        if not 0 < size <= self.capacity:
+            return False
+        n = min(last[1], size)
+        if n != self._targets_n:
+            self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
+            self._targets_n = n
+        self._last = (last[0], last[1], size, metas, last[4], last[5])
+        self.size, self.n = size, n
+        return True
 
     def _same_shape_new_values(self, plain: Sequence[Any], metas: list[Any]) -> bool:
         """The fast path's check where some leaves are not batched tensors: their new values, in the layout.
