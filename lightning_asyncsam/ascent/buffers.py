@@ -405,33 +405,25 @@ class BatchSlot:
         else:
             plain = None
         last = self._last
-        if (plain is not None and last is not None and last[0] is kind and last[1] == n and len(plain) == len(last[3])
-                and keys == last[4]):
+        if plain is not None and last is not None and last[0] is kind and last[1] == n and keys == last[4]:
             # The common case, a batch shaped like the last one: no walk, no key, cached slices.
-            same = True
-            if last[5]:  # every leaf a tensor with a buffer
+            if last[5]:
+                # Every leaf a tensor with a buffer: the check (dtype, shape, requires_grad per leaf)
+                # and the copies each run as one line, their loops in C (mid-step, a Python line costs
+                # a fraction of a microsecond).
                 try:
-                    for x, (dtype, shape) in zip(plain, last[3]):
-                        if x.dtype is not dtype or x.shape != shape or x.requires_grad:
-                            same = False
-                            break
+                    same = list(map(_signature, plain)) == last[3]
                 except AttributeError:  # a leaf that is not a tensor
                     same = False
-                if not same:  # an epoch's short last batch, or the full one after it: the same buffers
-                    same = self._resized(plain, last)
-                    last = self._last
-            else:
-                same = self._same_shape_new_values(plain, last[3])
-            if same:
+                if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
+                    rows = self.n
+                    list(map(Tensor.copy_, self._targets, plain if rows == self.size else [x[:rows] for x in plain]))
+                    return False
+            elif len(plain) == len(last[3]) and self._same_shape_new_values(plain, last[3]):
                 rows = self.n
-                if rows == last[2]:
-                    for x, dst in zip(plain, self._targets):
-                        if dst is not None:
-                            dst.copy_(x)
-                else:
-                    for x, dst in zip(plain, self._targets):
-                        if dst is not None:
-                            dst.copy_(x[:rows])
+                for x, dst in zip(plain, self._targets):
+                    if dst is not None:
+                        dst.copy_(x if rows == last[2] else x[:rows])
                 return False
         self._last = None
         requested = n
@@ -473,8 +465,11 @@ class BatchSlot:
                     x = x.detach()
                 dst.copy_(x if n == size else x[:n])
         if plain is not None and all(isinstance(x, Tensor) or _plain_value(x) for x in plain):
-            metas = [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain]
-            self._last = (kind, requested, size, metas, keys, all(b is not None for b in self._buffers))
+            batched = all(b is not None for b in self._buffers)
+            # Every leaf batched: each one's _signature; otherwise (dtype, shape) per tensor, None per plain value.
+            metas = ([(x.dtype, x.shape, False) for x in plain] if batched else
+                     [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain])
+            self._last = (kind, requested, size, metas, keys, batched)
         self.size, self.n = size, n
         return changed
 
@@ -487,13 +482,15 @@ class BatchSlot:
         """
         size = -1
         metas = []
+        if len(plain) != len(last[3]):
+            return False
         try:
-            for x, (dtype, shape) in zip(plain, last[3]):
+            for x, (dtype, shape, _) in zip(plain, last[3]):
                 xs = x.shape
                 if x.dtype is not dtype or xs[1:] != shape[1:] or x.requires_grad or (size >= 0 and xs[0] != size):
                     return False
                 size = xs[0]
-                metas.append((dtype, xs))
+                metas.append((dtype, xs, False))
         except (AttributeError, IndexError):  # a leaf that is not a tensor, or a 0-dim one
             return False
         if not 0 < size <= self.capacity:
@@ -548,6 +545,7 @@ class BatchSlot:
 
 
 _PLAIN = (str, bytes, int, float, bool, type(None))
+_signature = attrgetter("dtype", "shape", "requires_grad")  # what the batch slot's fast path compares, per tensor
 
 
 def _plain_value(x: Any) -> bool:

@@ -385,9 +385,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         start = time.perf_counter()
         targets = self._targets
         if targets is not self._params:
-            # climb_ on the flat buffers (which never require grad), one method call per dtype.
-            for flat, e in zip(targets, self._direction_flats):
-                flat.add_(e)
+            # climb_ on the flat buffers (which never require grad), one method call per dtype, looped in C.
+            list(map(Tensor.add_, targets, self._direction_flats))
         else:
             with torch.no_grad():
                 climb_(targets, step)
@@ -404,9 +403,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         start = time.perf_counter()
         targets = self._targets
         if targets is not self._params:
-            # restore_ on the flat buffers: w_t back from the copy the worker reads, one call per dtype.
-            for flat, w in zip(targets, self._published):
-                flat.copy_(w)
+            # restore_ on the flat buffers: w_t back from the copy the worker reads, one call per dtype, looped in C.
+            list(map(Tensor.copy_, targets, self._published))
         else:
             with torch.no_grad():
                 restore_(targets, self._published)
