@@ -60,7 +60,8 @@ class EpochClock(L.Callback):
     cores meanwhile: on a shared machine it measures the added work where wall-clock cannot.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, callback_type: type = AsyncSAMCallback) -> None:
+        self._callback_type = callback_type  # another package's (overhead_pairs.py) has its own class
         self.epochs: list[float] = []
         self.cpu: list[float] = []
         self.steps: list[int] = []
@@ -79,7 +80,7 @@ class EpochClock(L.Callback):
         self._sync: AsyncSAMCallback | None = None
 
     def _totals(self, trainer: L.Trainer) -> tuple[float, float]:
-        sync = [c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)]
+        sync = [c for c in trainer.callbacks if isinstance(c, self._callback_type)]
         if not sync:
             return 0.0, 0.0
         # getattr: a checkout from before the totals existed (to measure "before") still runs.
@@ -87,7 +88,7 @@ class EpochClock(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Found once: the per-batch hook below must stay small, or it evicts what it measures.
-        self._sync = next((c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)), None)
+        self._sync = next((c for c in trainer.callbacks if isinstance(c, self._callback_type)), None)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps_start = trainer.global_step
@@ -120,8 +121,12 @@ class EpochClock(L.Callback):
 
 
 def fit(algorithm: str, epochs: int, seed: int, log_dir: str, extra: list[L.Callback] | None = None,
-        ascent_batch_size: int = B) -> EpochClock:
-    """One fit of the digits recipe with ``algorithm`` ("sgd" or "asyncsam"); returns its clock."""
+        ascent_batch_size: int = B, package: Any = None) -> EpochClock:
+    """One fit of the digits recipe with ``algorithm`` ("sgd" or "asyncsam"); returns its clock.
+
+    ``package``: the module whose ``AsyncSAMStrategy`` and ``AsyncSAMCallback`` to use (another
+    commit's, see overhead_pairs.py); None: this checkout's.
+    """
     L.seed_everything(seed, verbose=False)
     data = DigitsDataModule(root=log_dir, batch_size=B, num_workers=0)
     module = Classifier(
@@ -130,9 +135,10 @@ def fit(algorithm: str, epochs: int, seed: int, log_dir: str, extra: list[L.Call
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4),
         scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=15),
     )
-    strategy: Any = "auto" if algorithm == "sgd" else AsyncSAMStrategy(
+    strategy_class = AsyncSAMStrategy if package is None else package.AsyncSAMStrategy
+    strategy: Any = "auto" if algorithm == "sgd" else strategy_class(
         rho=0.1, ascent_batch_size=ascent_batch_size, ascent_threads=1)
-    clock = EpochClock()
+    clock = EpochClock(AsyncSAMCallback if package is None else package.AsyncSAMCallback)
     trainer = L.Trainer(
         strategy=strategy, accelerator="cpu", devices=1, max_epochs=epochs, log_every_n_steps=10,
         logger=CSVLogger(log_dir, name=algorithm), limit_val_batches=0, num_sanity_val_steps=0,
