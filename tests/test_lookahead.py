@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -75,3 +76,35 @@ def test_its_own_time_is_counted_apart_from_the_loader_and_taken_once(monkeypatc
     # Two batches handed over before the loader ran dry, one tick each; none of the loader's 3 s.
     assert loader.take_added_ms() == pytest.approx(2 * tick * 1e3)
     assert loader.take_added_ms() == 0.0  # taken once
+
+
+class _Doubling(L.Callback):
+    """At every batch, the batch that the strategy peeked at the step before (what the worker's ascent used)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._peeked = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if self._peeked is not None:
+            self.pairs.append((self._peeked[0], batch[0]))
+        self._peeked = trainer.strategy.next_step_batch()
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["plain", "on_before_batch_transfer"])
+def test_the_peeked_batch_is_the_batch_the_loop_hands_the_next_step(hooked) -> None:
+    """ascent_data="next": the next step's batch, peeked, as the loop will see it (with the module's transfer hook)."""
+    from lightning_asyncsam import AsyncSAMStrategy
+    from tiny import TinyClassifier, loader, make_data, trainer
+
+    class Hooked(TinyClassifier):
+        def on_before_batch_transfer(self, batch, dataloader_idx):  # noqa: ANN001, ANN201
+            x, y = batch
+            return 2.0 * x + 1.0, y
+
+    recorder = _Doubling()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, callbacks=[recorder])
+    t.fit((Hooked if hooked else TinyClassifier)(), loader(make_data(n=32, dtype=torch.float32), 8))
+    assert len(recorder.pairs) == 3  # four batches: the last one has no next
+    for peeked, seen in recorder.pairs:
+        assert torch.equal(peeked, seen)

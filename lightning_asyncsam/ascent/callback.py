@@ -50,7 +50,7 @@ from typing_extensions import override
 import lightning.pytorch as pl
 from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
-from lightning_asyncsam.ascent.worker import AscentWorker
+from lightning_asyncsam.ascent.worker import AscentResult, AscentWorker
 from lightning_asyncsam.batch_free import BatchFreeCallback
 from torch._C._nn import flatten_dense_tensors
 
@@ -153,40 +153,71 @@ class AsyncSAMCallback(BatchFreeCallback):
         start = time.perf_counter() if self._tuner is not None else 0.0  # the end of the worker's window
         if step is None:
             step = trainer.global_step
-        self.log_step = logs_now(trainer)
-        if self._worker is not worker:  # a new worker (a new fit): where the main process computes, what it delivers
-            self._worker = worker
-            self._on_cuda = strategy.root_device.type == "cuda"
-            self._delivers_step = worker.delivers_step
-            # Beside a CPU trainer, e is the worker's host buffer itself: each buffer's (views, flats), as
-            # use_gradient would make them, once per worker.
-            self._host_directions = None if self._on_cuda else [g.on_device() for g in worker.grads]
-        wait_ms = 0.0
-        direction = None
-        index = 0  # which of the worker's two buffers holds the direction
-        scaled = self._delivers_step
-        self._e_norm = None
+        self.log_step = log_step = logs_now(trainer)
+        if self._worker is not worker:
+            self._adopt(strategy, worker)
+        self._wait_ms = 0.0
+        # This runs at every step, in the middle of it, where each Python line costs a fraction of a
+        # microsecond: the steady state takes the fewest lines, the rare cases a method of their own.
         in_flight = worker.in_flight
-        if in_flight is not None:
-            if in_flight == step - 1:
-                result = worker.take()
-                if result is None:
-                    wait_start = time.perf_counter()
-                    result = worker.collect()
-                    wait_ms = (time.perf_counter() - wait_start) * 1e3
-                    strategy.added_ms -= wait_ms  # the worker's pace, not the trainer's work: wait_ms
-                self._ascent_ms, self._grad_norm = result.ascent_ms, result.grad_norm
-                if self._tuner is not None:
-                    self._after_ascent(strategy, result.ascent_ms, result.samples, start)
-                if math.isfinite(result.grad_norm):
-                    index = in_flight % 2
-                    direction = worker.grads[index]
-                    if scaled and self.log_step:  # e = rho g / (||g|| + EPS): the cosine needs no pass over e for ||e||
-                        self._e_norm = strategy.rho * result.grad_norm / (result.grad_norm + EPS)
+        if in_flight == step - 1:  # the steady state: g_{t-1}, started at the previous step
+            _, ascent_ms, grad_norm, samples = worker.take() or self._wait_for(strategy, worker)
+            self._ascent_ms, self._grad_norm = ascent_ms, grad_norm
+            if self._tuner is not None:
+                self._after_ascent(strategy, ascent_ms, samples, start)
+            if math.isfinite(grad_norm):
+                host = self._host_directions
+                if host is not None and self._delivers_step:
+                    # What use_gradient(direction, scaled=True) does on the host, without its two frames.
+                    strategy.direction, strategy._direction_flats = host[in_flight % 2]
                 else:
-                    self._skip(strategy)
+                    strategy.use_gradient(worker.grads[in_flight % 2], self._delivers_step)
+                if log_step:  # e = rho g / (||g|| + EPS): the cosine needs no pass over e for ||e||
+                    self._e_norm = strategy.rho * grad_norm / (grad_norm + EPS) if self._delivers_step else None
             else:
-                worker.collect()  # stale by more than one step (e.g. a skipped batch): drop it
+                self._skip(strategy)
+                strategy.use_gradient(None)
+        else:
+            self._other_direction(strategy, worker, step)
+
+        current = strategy.cpu_batch
+        if current is None:  # the batch never passed through batch_to_device (a custom loop)
+            current = batch
+        # b is the full batch size, the largest seen (the batch slot measures each batch it takes):
+        # a short last batch of an epoch neither rejects nor retunes b'.
+        b = self._full_batch or self._measure_batch(current)
+        upcoming = strategy.next_step_batch() if strategy.ascent_data == "next" else None
+        ascent_batch = current if upcoming is None else upcoming
+        sized = self._sized
+        n = sized[2] if sized is not None and sized[0] is strategy.ascent_batch_size and sized[1] == b \
+            else self._ascent_size(strategy, b)
+        strategy.publish(worker)
+        if self._on_cuda or not worker.booted:
+            self._before_submit(strategy, worker)
+        worker.submit(step, ascent_batch, n, batch_idx)
+        slot = worker.slot
+        if slot.size > b:
+            self._full_batch = slot.size
+        self.synced_step = step
+        self._n = slot.n
+        if self._tuner is not None:  # the start of the worker's window, for "auto"
+            self._submitted_at = time.perf_counter()
+
+    def _adopt(self, strategy: AscentHost, worker: AscentWorker) -> None:
+        """A new worker (a new fit): where the main process computes, and what the worker delivers."""
+        self._worker = worker
+        self._on_cuda = strategy.root_device.type == "cuda"
+        self._delivers_step = worker.delivers_step
+        # Beside a CPU trainer, e is the worker's host buffer itself: each buffer's (views, flats), as
+        # use_gradient would make them, once per worker.
+        self._host_directions = None if self._on_cuda else [g.on_device() for g in worker.grads]
+
+    def _other_direction(self, strategy: AscentHost, worker: AscentWorker, step: int) -> None:
+        """The direction where no ``g_{t-1}`` is in flight at step t: none, or one held (a resumed or second fit)."""
+        self._e_norm = None
+        direction, scaled = None, self._delivers_step
+        if worker.in_flight is not None:
+            worker.collect()  # stale by more than one step (e.g. a skipped batch): drop it
         elif self._held is not None and self._step == step - 1:
             index = (step - 1) % 2
             worker.grads[index].load_flat(self._held)
@@ -195,47 +226,32 @@ class AsyncSAMCallback(BatchFreeCallback):
             # invariant to its scale) that the strategy scales.
             scaled = scaled and self._held_rho == strategy.rho
         self._held = None
-        host = self._host_directions
-        if direction is not None and scaled and host is not None:
-            # What use_gradient(direction, scaled=True) does on the host, without its two frames mid-step.
-            strategy.direction, strategy._direction_flats = host[index]
-        else:
-            strategy.use_gradient(direction, scaled)
+        strategy.use_gradient(direction, scaled)
 
-        ascent_batch = strategy.cpu_batch
-        if ascent_batch is None:  # the batch never passed through batch_to_device (a custom loop)
-            ascent_batch = batch
-        # b is the full batch size, the largest seen (the batch slot measures each batch it takes):
-        # a short last batch of an epoch neither rejects nor retunes b'.
-        b = self._full_batch
-        if not b:
-            b = self._full_batch = BatchSlot.batch_size(ascent_batch)
-        if strategy.ascent_data == "next":
-            upcoming = strategy.next_step_batch()
-            if upcoming is not None:
-                ascent_batch = upcoming
-        sized = self._sized
-        n = sized[2] if sized is not None and sized[0] is strategy.ascent_batch_size and sized[1] == b \
-            else self._ascent_size(strategy, b)
-        strategy.publish(worker)
+    def _wait_for(self, strategy: AscentHost, worker: AscentWorker) -> AscentResult:
+        """The step in flight's result, waited for: the worker's pace, counted as waiting, not as work."""
+        wait_start = time.perf_counter()
+        result = worker.collect()
+        self._waited(strategy, (time.perf_counter() - wait_start) * 1e3)
+        return result
+
+    def _waited(self, strategy: AscentHost, ms: float) -> None:
+        self._wait_ms += ms
+        self.wait_total_ms += ms
+        strategy.added_ms -= ms  # inside the strategy's timed overrides: taken out of its overhead
+
+    def _before_submit(self, strategy: AscentHost, worker: AscentWorker) -> None:
+        """On a GPU, the copies of w_t and g_{t-1} done; at the fit's first submission, the worker's start-up."""
         if self._on_cuda:
-            torch.cuda.current_stream(strategy.root_device).synchronize()  # w_t and g_{t-1} copies done
-        if not worker.booted:  # the fit's first submission waits for the worker's start-up: waiting, not work
+            torch.cuda.current_stream(strategy.root_device).synchronize()
+        if not worker.booted:  # waiting, not work
             boot_start = time.perf_counter()
             worker.wait_ready()
-            boot_ms = (time.perf_counter() - boot_start) * 1e3
-            wait_ms += boot_ms
-            strategy.added_ms -= boot_ms
-        worker.submit(step, ascent_batch, n, batch_idx)
-        slot = worker.slot
-        if slot.size > b:
-            self._full_batch = slot.size
-        self.synced_step = step
-        self._wait_ms = wait_ms
-        self.wait_total_ms += wait_ms
-        self._n = float(slot.n)
-        if self._tuner is not None:  # the start of the worker's window, for "auto"
-            self._submitted_at = time.perf_counter()
+            self._waited(strategy, (time.perf_counter() - boot_start) * 1e3)
+
+    def _measure_batch(self, batch: Any) -> int:
+        self._full_batch = BatchSlot.batch_size(batch)
+        return self._full_batch
 
     def _skip(self, strategy: AscentHost) -> None:
         """A non-finite ``g_{t-1}`` is never applied: the step runs unperturbed, counted and warned about."""
@@ -319,8 +335,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         if self._ended_step == self.synced_step:
             return
         self._ended_step = self.synced_step
-        perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
-        self._perturb_ms = perturb_ms
+        self._perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
         added = strategy.take_added_ms()
         self._window_ms += added
         self.overhead_total_ms += added

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from array import array
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -280,8 +281,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
         start = time.perf_counter()
-        module = self._lightning_module
-        trainer = module._trainer if module is not None else None
+        trainer = getattr(self._lightning_module, "_trainer", None)
         # `is`, not `trainer.training`: that compares string enums, case-insensitively, on every batch.
         if trainer is not None and trainer.state.stage is RunningStage.TRAINING:
             # Still on the host: the worker's slice costs no device-to-host copy.
@@ -306,29 +306,29 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         lookahead = self.lookahead
         if lookahead is None:
             return None
-        module = self._lightning_module
-        trainer = module._trainer  # type: ignore[union-attr]
+        trainer = self._lightning_module._trainer  # type: ignore[union-attr]
         k = trainer.accumulate_grad_batches  # type: ignore[union-attr]
         upcoming = lookahead.upcoming  # lookahead.peek(k), without its frame: this runs at every step
         if k > len(upcoming):
             return None
-        raw = upcoming[k - 1]
-        plain = self._plain_transfer
-        if plain is None:
-            plain = self._plain_transfer = _plain_transfer(trainer)  # type: ignore[arg-type]
-        if plain:  # what the loop would do to it is the identity: skip the hook calls
-            return raw
-        batch = trainer.precision_plugin.convert_input(raw)  # type: ignore[union-attr]
-        return module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
+        if self._plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
+            return upcoming[k - 1]
+        return self._as_transferred(trainer, upcoming[k - 1])  # type: ignore[arg-type]
+
+    def _as_transferred(self, trainer: "pl.Trainer", raw: Any) -> Any:
+        """``raw`` as the training loop will hand it to ``batch_to_device`` (its precision cast and transfer hook)."""
+        if self._plain_transfer is None:
+            self._plain_transfer = _plain_transfer(trainer)
+            if self._plain_transfer:
+                return raw
+        batch = trainer.precision_plugin.convert_input(raw)
+        return self._lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
 
     def take_added_ms(self) -> float:
         """The trainer-thread time, in ms, that the strategy added since the last call (its lookahead's included)."""
-        added, self.added_ms = self.added_ms, 0.0
         lookahead = self.lookahead
-        if lookahead is not None:  # its timer read in place: no call, once a step
-            timer = lookahead.timer
-            added += timer[0]
-            timer[0] = 0.0
+        timer = lookahead.timer if lookahead is not None else _NO_TIMER  # read in place: no call, once a step
+        added, self.added_ms, timer[0] = self.added_ms + timer[0], 0.0, 0.0
         return added
 
     # ----------------------------------------------------------------- the perturbation
@@ -434,19 +434,23 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         worker, sync = self.worker, self._sync
         if worker is not None and sync is not None:
             trainer = self._lightning_module._trainer  # type: ignore[union-attr]
-            counter = self._step_counter
-            if counter is None:
-                counter = self._step_counter = optimizer_step_counter(trainer, self._manual)  # type: ignore[arg-type]
-            step = counter()  # trainer.global_step
+            step = (self._step_counter or self._make_step_counter(trainer))()  # trainer.global_step
             if sync.synced_step != step:  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
                 self._after_closure_due = sync.log_step  # the diagnostics only on a logging step
         return self.direction
 
+    def _make_step_counter(self, trainer: "pl.Trainer") -> Callable[[], int]:
+        self._step_counter = optimizer_step_counter(trainer, self._manual)
+        return self._step_counter
+
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
+
+
+_NO_TIMER = array("d", [0.0])  # take_added_ms's stand-in for the timer of a lookahead that does not exist
 
 
 def _nothing() -> None:

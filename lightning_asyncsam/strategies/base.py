@@ -342,11 +342,10 @@ class SharpnessAwareStrategy(DDPStrategy):
             self._restore()
             raise
         end = time.perf_counter()
-        module = self._lightning_module
         if out is None or self._manual:
             # No backward follows (skipped step), or it already ran inside a manual training_step.
             self._restore()
-        if self._skipped is not None and module is not None and logs_now(module.trainer):
+        if self._skipped is not None and self._lightning_module is not None and logs_now(self._lightning_module.trainer):
             self._report_skips(log=True)
         # What this step added to the trainer's thread (see added_ms), outside the user's training_step.
         self.added_ms += (descent - start + time.perf_counter() - end) * 1e3
