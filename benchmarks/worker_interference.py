@@ -13,8 +13,13 @@ digits recipe's setting (``overhead.fit``: b = 32, one thread each, validation o
   (collect, publish, hand-over, perturb, restore, diagnostics); the worker only naps between steps;
 * ``b' = 1`` and ``b' = 32``: the real worker, with a 1-sample and a b-sample ascent.
 
+* ``SGD beside a napping process``: Lightning's own strategy, while a second process naps and
+  polls a semaphore as the worker does between steps (:data:`~lightning_asyncsam.ascent.mailbox.NAP_S`),
+  at the worker's priority.
+
 ``idle worker - sgd`` is the strategy's own work (compare ``asyncsam/overhead_ms``);
-``b' = n - idle worker`` is what a computing worker costs the trainer. Each fit's figure is its
+``b' = n - idle worker`` is what a computing worker costs the trainer; ``napping - sgd`` what a
+worker's naps alone cost it. Each fit's figure is its
 median step (batch start to batch start) over epochs 2..N; differences are paired by repetition.
 
 Commands:
@@ -25,8 +30,11 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import statistics
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -39,10 +47,11 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     from _common import environment, environment_markdown, write_results
     from overhead import B, fit, steady_step
 
-from lightning_asyncsam.ascent import replica_io, worker
+from lightning_asyncsam.ascent import mailbox, replica_io, worker
 
-ARMS = ("sgd", "idle", "b1", f"b{B}")
-LABELS = {"sgd": "SGD", "idle": "AsyncSAM, idle worker", "b1": "AsyncSAM, b' = 1", f"b{B}": f"AsyncSAM, b' = {B}"}
+ARMS = ("sgd", "nap", "idle", "b1", f"b{B}")
+LABELS = {"sgd": "SGD", "nap": "SGD beside a napping process", "idle": "AsyncSAM, idle worker",
+          "b1": "AsyncSAM, b' = 1", f"b{B}": f"AsyncSAM, b' = {B}"}
 
 
 @contextmanager
@@ -70,8 +79,32 @@ def idle_worker() -> Iterator[None]:
         replica_io.ReplicaIO.load, replica_io.ReplicaIO.deliver, worker.ascent_loss = load, deliver, loss
 
 
+def _nap(work: Any, stop: Any) -> None:
+    os.nice(10)  # the worker's default ascent_nice
+    while not stop.is_set():
+        time.sleep(mailbox.NAP_S)
+        work.acquire(False)
+
+
+@contextmanager
+def napping_neighbour() -> Iterator[None]:
+    """A process that does what the worker does between steps, and nothing else, for the duration."""
+    ctx = mp.get_context("fork")
+    work, stop = ctx.Semaphore(0), ctx.Event()
+    proc = ctx.Process(target=_nap, args=(work, stop), daemon=True)
+    proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(5)
+
+
 def one_fit(arm: str, epochs: int, seed: int, log_dir: str) -> dict[str, float]:
-    if arm == "idle":
+    if arm == "nap":
+        with napping_neighbour():
+            clock = fit("sgd", epochs, seed, log_dir)
+    elif arm == "idle":
         with idle_worker():
             clock = fit("asyncsam", epochs, seed, log_dir, ascent_batch_size=B)
     else:
@@ -110,13 +143,13 @@ def main() -> None:
     for arm in ARMS:
         cells = [LABELS[arm], f"{med[arm]:.3f} ms"]
         for base in ("sgd", "idle"):
-            if arm in ("sgd", base) or (base == "idle" and arm == "sgd"):
+            if arm in ("sgd", base) or (base == "idle" and arm in ("sgd", "nap")):
                 cells.append("")
             else:
                 m, lo, hi = paired(runs, arm, base)
                 cells.append(f"{m * 1e3:+.0f} µs ({lo * 1e3:+.0f} to {hi * 1e3:+.0f})")
-        over = "" if arm == "sgd" else f"{statistics.median(r['overhead_ms_per_step'] for r in runs[arm]) * 1e3:.0f} µs"
-        wait = "" if arm == "sgd" else f"{statistics.median(r['wait_ms_per_step'] for r in runs[arm]) * 1e3:.0f} µs"
+        over = "" if arm in ("sgd", "nap") else f"{statistics.median(r['overhead_ms_per_step'] for r in runs[arm]) * 1e3:.0f} µs"
+        wait = "" if arm in ("sgd", "nap") else f"{statistics.median(r['wait_ms_per_step'] for r in runs[arm]) * 1e3:.0f} µs"
         rows.append("| " + " | ".join([*cells, over, wait]) + " |")
     env = environment()
     table = "\n".join([
@@ -134,7 +167,7 @@ def main() -> None:
     summary = {arm: {"median_step_ms": med[arm]} for arm in ARMS}
     for arm in ARMS[1:]:
         summary[arm]["vs_sgd_ms"] = paired(runs, arm, "sgd")[0]
-        if arm != "idle":
+        if arm not in ("idle", "nap"):
             summary[arm]["vs_idle_ms"] = paired(runs, arm, "idle")[0]
     write_results(args.name, {"config": vars(args), "environment": env, "summary": summary, "runs": runs}, table)
 
