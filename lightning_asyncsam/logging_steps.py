@@ -63,10 +63,9 @@ def optimizer_step_counter(trainer: "pl.Trainer", manual: bool) -> Callable[[], 
     try:
         tracker = (epoch_loop.manual_optimization.optim_step_progress.total if manual
                    else epoch_loop.automatic_optimization.optim_progress.optimizer.step.total)
-        tracker.completed
     except AttributeError:  # a Lightning release with other counters
-        return lambda: trainer.global_step
-    return partial(getattr, tracker, "completed")  # a C call: no Python frame
+        tracker = None
+    return _completed(tracker, lambda: trainer.global_step)
 
 
 def epoch_counter(trainer: "pl.Trainer") -> Callable[[], int]:
@@ -81,11 +80,13 @@ def epoch_counter(trainer: "pl.Trainer") -> Callable[[], int]:
         >>> epoch_counter(L.Trainer(logger=False, enable_progress_bar=False))()
         0
     """
-    tracker = trainer.fit_loop.epoch_progress.current
-    try:
-        tracker.completed
-    except AttributeError:  # a Lightning release with other counters
-        return lambda: trainer.current_epoch
+    return _completed(getattr(trainer.fit_loop.epoch_progress, "current", None), lambda: trainer.current_epoch)
+
+
+def _completed(tracker: object, fallback: Callable[[], int]) -> Callable[[], int]:
+    """``tracker.completed`` as a C call with no Python frame; ``fallback`` where a Lightning release has no such tracker."""
+    if not hasattr(tracker, "completed"):
+        return fallback
     return partial(getattr, tracker, "completed")
 
 

@@ -204,7 +204,6 @@ class FlatTensors:
             share_with: another ``FlatTensors`` of the same layout whose staging copy this one
                 reuses (the two gradient buffers are never on the device at the same time).
         """
-        self.__dict__.pop("_plan", None)
         if share_with is not None and share_with._staging is not None:
             self._staging = share_with._staging
         else:
@@ -297,7 +296,6 @@ class FlatTensors:
         self._pinned = True
 
     def unpin(self) -> None:
-        self.__dict__.pop("_plan", None)
         self._staging, self._staging_views = None, []
         if self._pinned:
             cudart = torch.cuda.cudart()
@@ -315,7 +313,7 @@ class FlatTensors:
     def __getstate__(self) -> dict[str, Any]:
         # Views are rebuilt on the other side: pickling them would detach them from the flat storage.
         return {"_slots": self._slots, "_flats": self._flats, "_views": None, "_pinned": False, "_staging": None,
-                "_staging_views": [], "_plan": None, "_rest_writes": self._rest_writes}
+                "_staging_views": [], "_rest_writes": self._rest_writes}
 
 
 class BatchSlot:
@@ -456,9 +454,8 @@ class BatchSlot:
                 self.layout = (spec, fresh, buffers)
                 self.constants_changed = True
         n = min(n, size)
-        if changed or n != self._targets_n:  # the buffers' first n rows, sliced once per (layout, n)
-            self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
-            self._targets_n = n
+        if changed or n != self._targets_n:
+            self._slice_targets(n)
         for x, dst in zip(leaves, self._targets):
             if dst is not None:
                 if x.requires_grad:
@@ -497,11 +494,15 @@ class BatchSlot:
             return False
         n = min(last[1], size)
         if n != self._targets_n:
-            self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
-            self._targets_n = n
+            self._slice_targets(n)
         self._last = (last[0], last[1], size, metas, last[4], last[5])
         self.size, self.n = size, n
         return True
+
+    def _slice_targets(self, n: int) -> None:
+        """The buffers' first ``n`` rows, where writes go: sliced once per (layout, n), not per step."""
+        self._targets = [None if buf is None else buf[:n] for buf in self._buffers]
+        self._targets_n = n
 
     def _same_shape_new_values(self, plain: Sequence[Any], metas: list[Any]) -> bool:
         """The fast path's check where some leaves are not batched tensors: their new values, in the layout.
