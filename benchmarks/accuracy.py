@@ -316,7 +316,7 @@ def main() -> None:
             print(f"seed {seed} {algo:18s} acc {r['test_acc']:.4f} wall {r['wall_s']:.1f}s epoch {r['epoch_s']:.3f}s",
                   flush=True)
 
-    env = environment()
+    env = environment(probe_cores=False)
     if selection is not None:
         how = f"rho selected per algorithm among {', '.join(f'{c:g}' for c in args.candidates)} (below)"
         rho_source = "selected"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import pstats
 import statistics
 import tempfile
@@ -46,9 +47,9 @@ from lightning_asyncsam.app.data import DigitsDataModule
 from lightning_asyncsam.app.models import digits_cnn
 
 try:
-    from benchmarks._common import environment, environment_markdown, write_results
+    from benchmarks._common import SHARED_CORE, CoreProbe, environment, environment_markdown, write_results
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import environment, environment_markdown, write_results
+    from _common import SHARED_CORE, CoreProbe, environment, environment_markdown, write_results
 
 B = 32  # recipes/digits.yaml: 1,437 training images / 32 = 45 steps an epoch (the last one short)
 
@@ -87,8 +88,11 @@ class EpochClock(L.Callback):
         return getattr(sync[0], "overhead_total_ms", 0.0), getattr(sync[0], "wait_total_ms", 0.0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Found once: the per-batch hook below must stay small, or it evicts what it measures.
-        self._sync = next((c for c in trainer.callbacks if isinstance(c, self._callback_type)), None)
+        # Found once: the per-batch hook below must stay small, or it evicts what it measures. A
+        # package from before the per-step totals existed (overhead_pairs.py --old) is timed by the
+        # clock alone.
+        sync = next((c for c in trainer.callbacks if isinstance(c, self._callback_type)), None)
+        self._sync = sync if hasattr(sync, "overhead_total_ms") and hasattr(sync, "log_step") else None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps_start = trainer.global_step
@@ -318,6 +322,33 @@ def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], ste
     }
 
 
+def _summary_rows(runs: dict[str, list[dict[str, Any]]], arms: list[str], sizes: list[int], steps_per_epoch: int,
+                  label: str) -> tuple[dict[str, Any], list[str]]:
+    """The summary of ``runs`` (every arm, paired by repetition) and its table rows, each label followed by ``label``."""
+    sgd = [run["steady_epoch_s"] for run in runs["sgd"]]
+    summary: dict[str, Any] = {"sgd_epoch_s": statistics.median(sgd), "sgd_epoch_range_s": [min(sgd), max(sgd)]}
+    for arm in arms[1:]:
+        summary[arm] = _arm_summary(runs[arm], runs["sgd"], steps_per_epoch)
+    rng = lambda xs, scale=1e3: f"{min(xs) * scale:.1f}-{max(xs) * scale:.1f}"  # noqa: E731
+    sgd_step = statistics.median(run["median_step_s"] for run in runs["sgd"])
+    summary["sgd_median_step_ms"] = sgd_step * 1e3
+    rows = [f"| SGD{label} | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | | | | "
+            f"{sgd_step * 1e3:.3f} ms | |"]
+    for arm, n in zip(arms[1:], sizes):
+        a = summary[arm]
+        rows.append(
+            f"| AsyncSAM (b' = {n}){label} | {a['asyncsam_epoch_s'] * 1e3:.1f} ms "
+            f"({rng(a['asyncsam_epoch_range_s'])}) | "
+            f"{a['ratio']:.3f} | {a['ratio_paired']:.3f} | {a['added_ms_per_step']:.3f} ms "
+            f"({rng(a['added_ms_per_step_range'], 1)}) | {a['wait_ms_per_step']:.3f} ms | "
+            f"{a['added_cpu_ms_per_step']:.3f} ms ({rng(a['added_cpu_ms_per_step_range'], 1)}) | "
+            f"{a['overhead_metric_ms_per_step']:.3f} ms | {a['overhead_metric_ms_robust']:.3f} ms "
+            f"({a['overhead_metric_ms_per_step'] / (sgd_step * 1e3):.1%} of SGD's median step) | "
+            f"{a['median_step_ms']:.3f} ms | "
+            f"{a['median_step_ratio_paired']:.3f} ({a['median_step_added_ms']:+.3f} ms) |")
+    return summary, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="fits of each arm, interleaved")
@@ -347,15 +378,19 @@ def main() -> None:
 
     arms = ["sgd", *(f"asyncsam_b{n}" for n in sizes)]
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, CoreProbe() as cores:
         fit("sgd", 2, 0, tmp)  # warm-up: imports, allocator, the dataset's first load
         for r in range(args.repeats):
             order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate, so that no arm always runs first
             for arm in order:
                 n = int(arm.removeprefix("asyncsam_b")) if arm != "sgd" else B
+                before = cores.probe()
                 clock = fit("sgd" if arm == "sgd" else "asyncsam", args.epochs, r, tmp, ascent_batch_size=n)
+                after = cores.probe()
                 steps = sum(clock.steps[1:])
                 runs[arm].append({
+                    # The second core's state around the fit (1.0: spare; ~2: it shares the first's).
+                    "core_slowdown": [p["slowdown"] for p in (before, after) if p],
                     "epoch_times_s": clock.epochs,
                     "epoch_cpu_s": clock.cpu,
                     "steps_per_epoch": clock.steps[1],
@@ -369,27 +404,19 @@ def main() -> None:
                 print(f"repeat {r} {arm:12s} steady epoch {steady(clock.epochs) * 1e3:7.1f} ms", flush=True)
 
     steps_per_epoch = runs["sgd"][0]["steps_per_epoch"]
-    sgd = [run["steady_epoch_s"] for run in runs["sgd"]]
-    summary: dict[str, Any] = {"sgd_epoch_s": statistics.median(sgd), "sgd_epoch_range_s": [min(sgd), max(sgd)]}
-    for arm in arms[1:]:
-        summary[arm] = _arm_summary(runs[arm], runs["sgd"], steps_per_epoch)
-    env = environment()
-    rng = lambda xs, scale=1e3: f"{min(xs) * scale:.1f}-{max(xs) * scale:.1f}"  # noqa: E731
-    sgd_step = statistics.median(run["median_step_s"] for run in runs["sgd"])
-    summary["sgd_median_step_ms"] = sgd_step * 1e3
-    rows = [f"| SGD | {summary['sgd_epoch_s'] * 1e3:.1f} ms ({rng(sgd)}) | 1.00 | | | | | | | "
-            f"{sgd_step * 1e3:.3f} ms | |"]
-    for arm, n in zip(arms[1:], sizes):
-        a = summary[arm]
-        rows.append(
-            f"| AsyncSAM (b' = {n}) | {a['asyncsam_epoch_s'] * 1e3:.1f} ms ({rng(a['asyncsam_epoch_range_s'])}) | "
-            f"{a['ratio']:.3f} | {a['ratio_paired']:.3f} | {a['added_ms_per_step']:.3f} ms "
-            f"({rng(a['added_ms_per_step_range'], 1)}) | {a['wait_ms_per_step']:.3f} ms | "
-            f"{a['added_cpu_ms_per_step']:.3f} ms ({rng(a['added_cpu_ms_per_step_range'], 1)}) | "
-            f"{a['overhead_metric_ms_per_step']:.3f} ms | {a['overhead_metric_ms_robust']:.3f} ms "
-            f"({a['overhead_metric_ms_per_step'] / (sgd_step * 1e3):.1%} of SGD's median step) | "
-            f"{a['median_step_ms']:.3f} ms | "
-            f"{a['median_step_ratio_paired']:.3f} ({a['median_step_added_ms']:+.3f} ms) |")
+    summary, rows = _summary_rows(runs, arms, sizes, steps_per_epoch, "")
+    # The repetitions whose every fit met a spare second core (CoreProbe before and after each):
+    # what the worker costs the trainer where the premise of a spare device holds.
+    spare = [r for r in range(args.repeats)
+             if all(max(runs[arm][r]["core_slowdown"] or [math.inf]) < SHARED_CORE for arm in arms)]
+    summary["repetitions_with_a_spare_core"] = spare
+    if spare and len(spare) < args.repeats:
+        subset = {arm: [runs[arm][r] for r in spare] for arm in arms}
+        summary["spare_core"], spare_rows = _summary_rows(subset, arms, sizes, steps_per_epoch,
+                                                          f", spare core ({len(spare)} reps)")
+        rows += spare_rows
+    probes = [x for arm in arms for run in runs[arm] for x in run["core_slowdown"]]
+    env = environment(probe_cores=False)
     table = "\n".join([
         f"Digits recipe (digits_cnn, b = 32, {steps_per_epoch} steps an epoch), trainer and worker at 1 thread "
         f"each; {args.repeats} repetitions of {args.epochs} epochs, the arms interleaved; steady-state epoch = "
@@ -399,7 +426,11 @@ def main() -> None:
         "mean over epochs 2..N (what the logs hold, windows averaged); robust: the median of each kind of step "
         "(logging, after a logging step, an epoch's first, the others), weighted by its share of the steps (a step "
         "that the VM preempts inside a timed region inflates the mean, not the medians); in brackets the mean as a "
-        "share of SGD's median step, which moves far less with the VM's speed than the milliseconds do.",
+        "share of SGD's median step, which moves far less with the VM's speed than the milliseconds do. "
+        f"The second core (`_common.CoreProbe`, before and after every fit): a compute-bound neighbour slowed the "
+        f"first core {min(probes, default=math.nan):.2f}-{max(probes, default=math.nan):.2f}x (1.00x: spare); "
+        f"{len(spare)} of {args.repeats} repetitions met a spare core (< {SHARED_CORE}x) around every fit"
+        + (", and the rows marked \"spare core\" hold those alone." if spare and len(spare) < args.repeats else "."),
         "",
         "| | steady-state epoch | x SGD | x SGD, paired | added wall per step | of which waiting for the worker "
         "| added trainer-thread CPU per step | `asyncsam/overhead_ms` | robust | median step "

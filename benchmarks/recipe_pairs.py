@@ -12,6 +12,10 @@ Commands (the digits recipe with b' = b = 32; 6 seeds, ~2 min):
       asyncsam-train -m algorithm=asyncsam algorithm.strategy.ascent_batch_size=32 seed=$s hydra.sweep.dir=runs/async$s
     done      # (alternate the order on odd seeds)
     python benchmarks/recipe_pairs.py runs --name digits_recipe_bb
+
+Or let it run them, with the second core probed before and after every run (``_common.CoreProbe``;
+the seeds whose two runs all met a spare core are summarized apart):
+    python benchmarks/recipe_pairs.py runs/pairs --run 8 --name digits_recipe_bb
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 try:
-    from benchmarks._common import environment, environment_markdown, write_results
+    from benchmarks._common import SHARED_CORE, CoreProbe, environment, environment_markdown, write_results
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import environment, environment_markdown, write_results
+    from _common import SHARED_CORE, CoreProbe, environment, environment_markdown, write_results
+
+PROBE_FILE = "core_probe.json"  # beside a run's sweep directory: the second core before and after the run
 
 
 def run_times(run_dir: Path) -> tuple[float, float] | None:
@@ -42,14 +50,54 @@ def run_times(run_dir: Path) -> tuple[float, float] | None:
     return statistics.median(epochs[1:]), statistics.median(speed[1:])
 
 
+def run_pairs(root: Path, seeds: int, algorithm: str, against: str, ascent_batch_size: int) -> None:
+    """``asyncsam-train`` on the default recipe, both algorithms seed by seed (the order alternating), under ``root``.
+
+    The second core is probed before and after every run; the readings go to the run's
+    :data:`PROBE_FILE`.
+    """
+    with CoreProbe() as cores:
+        for seed in range(seeds):
+            pair = [against, algorithm] if seed % 2 == 0 else [algorithm, against]
+            for name in pair:
+                sweep = root / f"{name}{seed}"
+                shutil.rmtree(sweep, ignore_errors=True)
+                command = ["asyncsam-train", "-m", f"algorithm={name}", f"seed={seed}", f"hydra.sweep.dir={sweep}"]
+                if name == "asyncsam":
+                    command.append(f"algorithm.strategy.ascent_batch_size={ascent_batch_size}")
+                before = cores.probe()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                after = cores.probe()
+                (sweep / PROBE_FILE).write_text(json.dumps([p["slowdown"] for p in (before, after) if p]) + "\n")
+                print(f"seed {seed} {name}: done", flush=True)
+
+
+def _probes(run_dir: Path, root: Path) -> list[float]:
+    """The second core's readings around a run (see :func:`run_pairs`); [] where none were taken."""
+    for folder in (run_dir, *run_dir.parents):
+        if (folder / PROBE_FILE).is_file():
+            return json.loads((folder / PROBE_FILE).read_text())
+        if folder == root:
+            break
+    return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="directories holding asyncsam-train runs")
     parser.add_argument("--algorithm", default="asyncsam")
     parser.add_argument("--against", default="sgd")
+    parser.add_argument("--run", type=int, default=0, metavar="SEEDS",
+                        help="first run this many seeds of both algorithms under the (single) root, probing the cores")
+    parser.add_argument("--ascent-batch-size", type=int, default=32, help="b' of the AsyncSAM runs that --run makes")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}; none: print only")
     args = parser.parse_args()
+    if args.run:
+        if len(args.roots) != 1:
+            parser.error("--run takes one root")
+        run_pairs(args.roots[0], args.run, args.algorithm, args.against, args.ascent_batch_size)
     times: dict[tuple[str, int], tuple[float, float]] = {}
+    probes: dict[tuple[str, int], list[float]] = {}
     recipe = None
     for root in args.roots:
         for summary in sorted(root.rglob("summary.json")):
@@ -57,35 +105,52 @@ def main() -> None:
             got = run_times(summary.parent)
             if got is not None and info.get("algorithm") in (args.algorithm, args.against):
                 times[(info["algorithm"], int(info["seed"]))] = got
+                probes[(info["algorithm"], int(info["seed"]))] = _probes(summary.parent, root)
                 recipe = info.get("recipe", recipe)
     seeds = sorted(s for a, s in times if a == args.algorithm and (args.against, s) in times)
     if not seeds:
         parser.error(f"no seed has runs of both {args.algorithm!r} and {args.against!r} under {args.roots}")
     rows, epoch_ratios, train_ratios = [], [], []
+    spare: list[int] = []  # the seeds whose two runs met a spare second core before and after
     for s in seeds:
         (a_epoch, a_speed), (b_epoch, b_speed) = times[(args.algorithm, s)], times[(args.against, s)]
         epoch_ratios.append(a_epoch / b_epoch)
         train_ratios.append(b_speed / a_speed)  # the same images an epoch: the ratio of training times
+        readings = probes[(args.algorithm, s)] + probes[(args.against, s)]
+        if readings and max(readings) < SHARED_CORE:
+            spare.append(s)
+        core = f"{max(readings):.2f}x" if readings else ""
         rows.append(f"| {s} | {b_epoch * 1e3:.1f} ms | {a_epoch * 1e3:.1f} ms | {epoch_ratios[-1]:.3f} | "
-                    f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} |")
-    env = environment()
+                    f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} | {core} |")
+    spare_rows = []
+    if spare and len(spare) < len(seeds):
+        pick = [i for i, s in enumerate(seeds) if s in spare]
+        spare_rows = [f"| median, spare core ({len(spare)} seeds) | | | "
+                      f"**{statistics.median(epoch_ratios[i] for i in pick):.3f}** | | | "
+                      f"**{statistics.median(train_ratios[i] for i in pick):.3f}** | |"]
+    env = environment(probe_cores=False)
     table = "\n".join([
         f"Recipe {recipe}: {args.algorithm} against {args.against}, paired by seed. Steady-state epoch: median of "
         "epochs 2..N, validation included (`time/epoch_s`); training only: the median training images/s of epochs 2..N "
-        "(validation excluded), its x the ratio of training times.",
+        "(validation excluded), its x the ratio of training times. Second core: the largest slowdown that a "
+        "compute-bound neighbour on it caused the first, probed before and after each of the seed's two runs "
+        f"(`_common.CoreProbe`; 1.00x: a spare core; from {SHARED_CORE}x on, shared).",
         "",
         f"| seed | {args.against} epoch | {args.algorithm} epoch | x | {args.against} training images/s | "
-        f"{args.algorithm} training images/s | x (training time) |",
-        "|---|---|---|---|---|---|---|",
+        f"{args.algorithm} training images/s | x (training time) | second core |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
-        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** |",
+        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** | |",
+        *spare_rows,
         "",
         environment_markdown(env),
     ])
     print(table)
     if args.name:
         write_results(args.name, {"config": {k: str(v) for k, v in vars(args).items()}, "environment": env,
-                                  "seeds": seeds, "epoch_ratio": epoch_ratios, "train_ratio": train_ratios}, table)
+                                  "seeds": seeds, "epoch_ratio": epoch_ratios, "train_ratio": train_ratios,
+                                  "core_slowdown": {f"{a}{s}": v for (a, s), v in probes.items()},
+                                  "seeds_with_a_spare_core": spare}, table)
 
 
 if __name__ == "__main__":

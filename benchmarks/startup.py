@@ -103,7 +103,7 @@ def main() -> None:
             if extra:
                 extras.append(extra)
     diffs = [a - s for a, s in zip(times["asyncsam"], times["sgd"])]
-    env = environment()
+    env = environment(probe_cores=False)
     entry = {
         "label": args.label,
         "environment": env,

@@ -242,6 +242,31 @@ def test_benchmarks_build_their_strategies_from_these_configs() -> None:
         common.algorithm_strategy("sgd", rho=0.1)
 
 
+def test_benchmarks_probe_the_second_core_and_leave_the_process_as_it_was(monkeypatch) -> None:
+    """``CoreProbe``: the speed benchmarks' reading of whether the worker's core is spare (2 cores or more)."""
+    import importlib
+
+    import torch
+
+    # Imported by name, as the scripts import it: its neighbour process is spawned and unpickles it so.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    common = importlib.import_module("_common")
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    with common.CoreProbe() as cores:
+        reading = cores.probe(repeats=1)
+    assert cores.probe() is None  # its neighbour process is gone (the process police checks it too)
+    assert (os.sched_getaffinity(0), torch.get_num_threads()) == (affinity, threads)
+    if len(affinity) < 2:
+        assert reading is None
+        return
+    assert reading is not None and reading["alone_ms"] > 0 and reading["beside_ms"] > 0
+    assert reading["slowdown"] == pytest.approx(reading["beside_ms"] / reading["alone_ms"])
+    env = {"cpu": "c", "cores": 2, "python": "3", "torch": "t", "lightning": "l", "lightning_asyncsam": "a",
+           "git_sha": "s", "date": "d", "core_sharing": reading}
+    assert f"{reading['slowdown']:.2f}x" in common.environment_markdown(env)
+    assert "second core" not in common.environment_markdown({**env, "core_sharing": None})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(FAMILY))
 def test_every_algorithm_trains_the_digits_recipe(algorithm: str, tmp_path: Path) -> None:
