@@ -59,20 +59,36 @@ def test_a_user_callback_keeps_its_batch_hooks() -> None:
     assert RuleStateCallback not in {type(c) for c in t.callbacks}  # AsyncSAM's rule keeps no state of its own
 
 
-def test_asyncsam_restores_from_the_published_weights_in_flat_buffers() -> None:
-    """Every perturbed micro-batch restores w_t from the worker's published copy, one flat buffer per dtype."""
+@pytest.mark.parametrize("twins", [True, False], ids=["swap", "copy"])
+def test_asyncsam_perturbs_and_restores_through_flat_buffers(twins: bool, monkeypatch) -> None:
+    """Every perturbed micro-batch: the parameters are w_t + e, and the update sees w_t exactly, one buffer per dtype.
+
+    On the CPU the buffers have twins: w_t + e is written into the twins, the parameters take their
+    memory (a storage swap) and give it back after the backward, so that w_t itself is never
+    written. Without twins (a torch without the swap), w_t comes back from the published copy.
+    """
+    from lightning_asyncsam.ascent import flat_params
+
+    if not twins:
+        monkeypatch.setattr(flat_params, "SWAP_DATA", None)
     checks: list[bool] = []
 
     class Probe(L.Callback):
         def on_before_backward(self, trainer, pl_module, loss) -> None:
             s = trainer.strategy
             if s._perturbed:  # perturbed through the flat buffers, with w_t published this step
-                checks.append(s._published is not None and s._targets is s._flat.flats)
-                checks.append(all(p.data_ptr() >= s._flat.flats[0].data_ptr() for p in s._params))
+                flat = s._flat
+                checks.append(s._published is not None and s._targets is flat.flats)
+                checks.append(all(p.data_ptr() >= flat.flats[0].data_ptr() for p in s._params))
+                checks.append(bool(flat.twins) is twins and flat.swapped is twins)
+                if twins:  # the twin holds w_t, untouched; the parameters w_t + e
+                    checks.append(all(torch.equal(t, w) for t, w in zip(flat.twins, s._published)))
+                    checks.append(all(torch.equal(f, t + e) for f, t, e in zip(flat.flats, flat.twins, s._direction_flats)))
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
             s = trainer.strategy
             if s._published is not None:
+                checks.append(not s._flat.swapped)
                 checks.append(all(torch.equal(t, w) for t, w in zip(s._targets, s._published)))
 
     model = TinyClassifier()
@@ -82,6 +98,22 @@ def test_asyncsam_restores_from_the_published_weights_in_flat_buffers() -> None:
     assert len(checks) >= 10 and all(checks)
     # After the fit each parameter has a storage of its own again (what safetensors requires).
     assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_flat_twins_trade_memory_and_a_release_undoes_a_swap_left_behind() -> None:
+    from lightning_asyncsam.ascent.flat_params import FlatParameters
+
+    net = torch.nn.Linear(3, 2)
+    w = [p.detach().clone() for p in net.parameters()]
+    flat = FlatParameters(list(net.parameters()), twins=True)
+    torch.add(flat.flats[0], 1.0, out=flat.twins[0])
+    before = net.weight.data_ptr()
+    flat.swap()
+    flat.swapped = True
+    assert net.weight.data_ptr() != before and torch.equal(net.weight, w[0] + 1.0) and torch.equal(net.bias, w[1] + 1.0)
+    assert not flat.intact()  # the parameters do not point where they started: publish() would not trust them
+    flat.release()  # swaps back first, then gives each parameter its own storage
+    assert torch.equal(net.weight, w[0]) and torch.equal(net.bias, w[1]) and not flat.twins
 
 
 def test_parameters_that_cannot_move_keep_the_per_tensor_path() -> None:

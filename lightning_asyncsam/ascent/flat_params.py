@@ -15,14 +15,26 @@ example with safetensors, which refuses tensors that share a storage) sees indep
 Parameters that are not contiguous (``channels_last``), that already share a storage (tied
 weights are one parameter, and fine; ZeroRedundancyOptimizer's bucket views are not), or that live
 on several devices are left alone, and the strategy keeps its per-tensor path.
+
+With ``twins``, each buffer has a twin of the same size, and :attr:`FlatParameters.swap` trades
+their memory in O(1) (``UntypedStorage._swap_data_ptr_``, what inductor's CUDA-graph trees use to
+re-point every tensor of a storage): the perturbation writes ``w + e`` into the twins and swaps,
+and the restore is the swap back, exact and without a pass over the weights (issue 11). A
+parameter, and any view of it, sees the swapped memory; its version counter does not move, and
+nothing that autograd saved in between is touched by it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+#: ``UntypedStorage._swap_data_ptr_`` where this torch has it (without: no twins, the restore copies).
+SWAP_DATA: Callable[[torch.UntypedStorage, torch.UntypedStorage], None] | None = getattr(
+    torch.UntypedStorage, "_swap_data_ptr_", None)
 
 
 class FlatParameters:
@@ -30,6 +42,7 @@ class FlatParameters:
 
     Args:
         params: the trainable parameters, in the order that the flat buffers follow.
+        twins: also keep a twin of each buffer, for :attr:`swap` (where torch can swap storages).
 
     Example::
 
@@ -41,11 +54,19 @@ class FlatParameters:
         True
         >>> flat.release(); flat.active
         False
+        >>> flat = FlatParameters(list(net.parameters()), twins=True)
+        >>> _ = torch.add(flat.flats[0], 1.0, out=flat.twins[0]); flat.swap()  # the parameters now see w + 1
+        >>> flat.swap(); flat.release()  # and w again
     """
 
-    def __init__(self, params: Sequence[Tensor]) -> None:
+    def __init__(self, params: Sequence[Tensor], twins: bool = False) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
+        #: Same-sized twins of :attr:`flats` (empty without ``twins``), and :attr:`swap`: trades the
+        #: memory of each buffer and its twin (a bound C call with no Python frame, for the hot path).
+        self.twins: list[Tensor] = []
+        self.swap: Callable[[], object] = _nothing
+        self.swapped = False  # set by the caller, which knows whether it swapped an odd number of times
         # intact() in two public parts, for a caller that checks at every step without its frame:
         # ``anchor_ptr() == first``. first: where the first parameter's data starts while it lives in
         # the buffers (-1: it does not); anchor_ptr: that parameter's data_ptr, bound.
@@ -68,6 +89,12 @@ class FlatParameters:
                     offset += n
                 self.flats.append(flat)
         self.first = self._params[0].data_ptr()
+        if twins and SWAP_DATA is not None:
+            self.twins = [torch.empty_like(f) for f in self.flats]
+            pairs = [(f.untyped_storage(), t.untyped_storage()) for f, t in zip(self.flats, self.twins)]
+            # One dtype (the common case): the C method itself, bound; several: a loop in C over them.
+            self.swap = (functools.partial(SWAP_DATA, *pairs[0]) if len(pairs) == 1 else
+                         functools.partial(_swap_all, SWAP_DATA, [a for a, _ in pairs], [b for _, b in pairs]))
 
     @property
     def active(self) -> bool:
@@ -84,12 +111,27 @@ class FlatParameters:
 
     def release(self) -> None:
         """Give every parameter a storage of its own again (same values); :attr:`flats` empties."""
+        if self.swapped:  # never left so by the strategy; a swap back is what the caller would have done
+            self.swap()
+            self.swapped = False
         if self.intact():
             with torch.no_grad():
                 for p in self._params:
                     p.data = p.data.clone()
         self.flats = []
+        self.twins = []
+        self.swap = _nothing
         self.first = -1
+
+
+def _swap_all(swap: Callable[[torch.UntypedStorage, torch.UntypedStorage], None],
+              storages: list[torch.UntypedStorage], twins: list[torch.UntypedStorage]) -> None:
+    for _ in map(swap, storages, twins):  # one C call per dtype
+        pass
+
+
+def _nothing() -> None:
+    """No twins: nothing to swap."""
 
 
 def _flattenable(params: Sequence[Tensor]) -> bool:

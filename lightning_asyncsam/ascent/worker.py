@@ -75,10 +75,11 @@ the number of samples, as an epoch's short last batch does; new file names or id
 a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`); one snapshot comparison of the optimizers'
 hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
 into shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); four numbers written in one
-call and one ``sem_post``. Each micro-batch adds one addition
-(perturb) and one copy (restore) per dtype: the published ``w_t`` is the backup. On a CPU these
-are plain tensor methods, not foreach calls (whose extra dispatch costs microseconds when it runs
-cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
+call and one ``sem_post``. Each micro-batch adds one addition per dtype (perturb); on a CPU it
+writes ``w_t + e`` into the flat buffers' twins, which the parameters take by a storage swap
+until the restore swaps them back, O(1) and exact (:mod:`lightning_asyncsam.ascent.flat_params`);
+on a GPU the restore is one copy per dtype from the published ``w_t``. On a CPU these are plain
+tensor calls, not foreach calls (whose extra dispatch costs microseconds when it runs cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
 property that walks the trainer (``global_step``, ``training``, ``root_device``: read from the
 attributes behind them), and no Lightning callback hook (the strategy's callback has none per
 batch, :mod:`lightning_asyncsam.batch_free`, and a rule without state connects no other). The
@@ -96,9 +97,9 @@ copy is a writer built once per worker (for one flat buffer on a CPU, the tensor
 bound to its source: no Python frame), and the global step is read through a counter made once
 per fit (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What
 remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
-Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish,
-perturb and restore each move come from memory that a forward and a backward have evicted (7-15
-microseconds a pass). So the steady state runs as few Python lines as it can (about 205 of this
+Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish
+and perturb each move come from memory that a forward and a backward have evicted (7-15
+microseconds a pass; the restore's copy, a third pass, became the swap). So the steady state runs as few Python lines as it can (about 205 of this
 package's per step, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``),
 and the rare cases (a stale or held gradient, a wait, the start-up, a GPU's stream sync) live in
 methods of their own, off the common path.

@@ -180,7 +180,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.close_worker()  # while the old flat buffers still hold w_t's backup
         self._adaptive_flags = self._asam_flags()
         self._release_flat()
-        self._flat = FlatParameters(self._params)
+        # On the CPU the buffers get twins: perturb writes w + e there and swaps, restore swaps back
+        # (no pass over the weights). On a GPU the restore stays a copy: nothing there was measured.
+        self._flat = FlatParameters(self._params, twins=self.root_device.type == "cpu")
         self._start_worker()
 
     def _start_worker(self) -> None:
@@ -359,7 +361,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         """Publish ``w_t`` to the worker; until the optimizer steps, that copy is also perturb's backup.
 
         With the parameters in flat buffers (:mod:`lightning_asyncsam.ascent.flat_params`), the
-        publication, each perturbation and each restore are one operation per dtype.
+        publication, each perturbation and each restore are one operation per dtype; on the CPU,
+        where the buffers have twins, the restore is a swap of memory and needs no backup.
         """
         flat = self._flat
         if flat is not None and flat.anchor_ptr() == flat.first:  # flat.intact(), without its frame
@@ -385,8 +388,16 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         start = time.perf_counter()
         targets = self._targets
         if targets is not self._params:
-            # climb_ on the flat buffers (which never require grad), one method call per dtype, looped in C.
-            list(map(Tensor.add_, targets, self._direction_flats))
+            flat = self._flat
+            if flat is not None and flat.twins and not flat.swapped:
+                # w + e into the twins, which the parameters then take (restore: the swap back).
+                for w, e, twin in zip(targets, self._direction_flats, flat.twins):
+                    torch.add(w, e, out=twin)
+                flat.swap()
+                flat.swapped = True
+            else:
+                # climb_ on the flat buffers (which never require grad), one method call per dtype, looped in C.
+                list(map(Tensor.add_, targets, self._direction_flats))
         else:
             with torch.no_grad():
                 climb_(targets, step)
@@ -396,6 +407,14 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     @override
     def _restore(self) -> None:
         if not self._perturbed:
+            return
+        flat = self._flat
+        if flat is not None and flat.swapped:  # w_t is the twin's memory, untouched: trade it back
+            start = time.perf_counter()
+            flat.swap()
+            flat.swapped = False
+            self._perturbed = False
+            self.perturb_ms += (time.perf_counter() - start) * 1e3
             return
         if self._published is None:
             super()._restore()  # the base's own backup
