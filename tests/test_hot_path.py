@@ -116,6 +116,15 @@ def test_flat_twins_trade_memory_and_a_release_undoes_a_swap_left_behind() -> No
     assert torch.equal(net.weight, w[0]) and torch.equal(net.bias, w[1]) and not flat.twins
 
 
+def test_no_twins_where_the_storage_swap_does_not_swap(monkeypatch) -> None:
+    """A torch whose private swap behaves otherwise: the strategy restores by a copy, it does not fail mid-step."""
+    from lightning_asyncsam.ascent import flat_params
+
+    monkeypatch.setattr(flat_params, "SWAP_DATA", lambda a, b: None)
+    flat = flat_params.FlatParameters(list(torch.nn.Linear(3, 2).parameters()), twins=True)
+    assert flat.active and not flat.twins
+
+
 def test_parameters_that_cannot_move_keep_the_per_tensor_path() -> None:
     from lightning_asyncsam.ascent.flat_params import FlatParameters
 

@@ -89,7 +89,7 @@ class FlatParameters:
                     offset += n
                 self.flats.append(flat)
         self.first = self._params[0].data_ptr()
-        if twins and SWAP_DATA is not None:
+        if twins and SWAP_DATA is not None and _swaps_both_ways(self.flats[0]):
             self.twins = [torch.empty_like(f) for f in self.flats]
             pairs = [(f.untyped_storage(), t.untyped_storage()) for f, t in zip(self.flats, self.twins)]
             # One dtype (the common case): the C method itself, bound; several: a loop in C over them.
@@ -132,6 +132,24 @@ def _swap_all(swap: Callable[[torch.UntypedStorage, torch.UntypedStorage], None]
 
 def _nothing() -> None:
     """No twins: nothing to swap."""
+
+
+def _swaps_both_ways(like: Tensor) -> bool:
+    """Whether this torch's private storage swap does what the twins rely on (checked once, on scratch tensors).
+
+    ``_swap_data_ptr_`` is what inductor uses, not a public API: a release that changes it makes the
+    strategy fall back to restoring by a copy rather than fail in the middle of a step.
+    """
+    assert SWAP_DATA is not None
+    try:
+        a, b = torch.zeros(2, dtype=like.dtype, device=like.device), torch.ones(2, dtype=like.dtype, device=like.device)
+        view = a[1:]
+        SWAP_DATA(a.untyped_storage(), b.untyped_storage())
+        swapped = bool((a == 1).all()) and bool((b == 0).all()) and bool((view == 1).all())
+        SWAP_DATA(a.untyped_storage(), b.untyped_storage())
+        return swapped and bool((a == 0).all()) and bool((view == 0).all())
+    except (RuntimeError, TypeError):
+        return False
 
 
 def _flattenable(params: Sequence[Tensor]) -> bool:
