@@ -100,6 +100,37 @@ def test_a_short_last_batch_and_the_full_one_after_it_take_the_fast_path(n, monk
     assert slot.write((torch.randn(8, 4), torch.arange(8.0)), n) is True  # another dtype
 
 
+@pytest.mark.parametrize("features", [3, 1024], ids=["small", "large"])
+def test_a_small_batch_is_copied_whole_where_the_worker_needs_its_first_rows(features, monkeypatch) -> None:
+    """b' < b: a small batch goes into the slot whole (no slice per leaf, each a few microseconds mid-step), a large
+    one as its first n rows; the worker reads the same first n rows either way, also across a short last batch."""
+    from lightning_asyncsam.ascent import buffers
+
+    slot = BatchSlot()
+    assert slot.write((torch.randn(32, features), torch.arange(32)), 4) is True
+    small = 32 * (features * 4 + 8) <= buffers.WHOLE_COPY_BYTES
+    sliced: list[int] = []
+    original = torch.Tensor.__getitem__
+
+    def counting(self, index):  # noqa: ANN001, ANN202
+        sliced.append(1)
+        return original(self, index)
+
+    # (batch size, whether the write may slice: a new size re-slices the slot's views once)
+    for size, resized in ((32, False), (29, True), (32, True), (32, False)):
+        batch = (torch.randn(size, features), torch.arange(size) + 100)
+        sliced.clear()
+        monkeypatch.setattr(torch.Tensor, "__getitem__", counting)
+        assert slot.write(batch, 4) is False
+        monkeypatch.setattr(torch.Tensor, "__getitem__", original)
+        assert (slot.size, slot.n) == (size, 4)
+        got = read_batch(slot.layout, 4, torch.device("cpu"))
+        assert torch.equal(got[0], batch[0][:4]) and torch.equal(got[1], batch[1][:4])
+        assert torch.equal(slot.layout[2][1][:size], batch[1]) is small  # the rows past n written too, or not
+        if not resized:
+            assert (sliced == []) is small
+
+
 def test_batch_size_needs_a_tensor() -> None:
     with pytest.raises(ValueError, match="no tensor with a batch dimension"):
         BatchSlot.batch_size(("a", 1))

@@ -20,6 +20,10 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 
 REST_REFRESH_STEPS = 50  # flat_writer writes the unchanged rest at least this often (see there)
+# A batch of at most this many bytes is copied into the slot whole when the worker needs only its
+# first b' < b samples: a slice per leaf costs a few microseconds in the middle of a step, more than
+# copying the rest of a small batch (the digits recipe's, 8 KB, under "auto" or with b' < b).
+WHOLE_COPY_BYTES = 64 * 1024
 _VERSION = attrgetter("_version")
 
 
@@ -330,7 +334,8 @@ class BatchSlot:
     leaves are the batch's own values, and its structure key is its type and length (and a dict's
     keys, in order). Deeper batches take pytree's walk. A batch of tensors with another number of
     samples but the same per-sample shapes (an epoch's short last batch, and the full one after it)
-    keeps that path too.
+    keeps that path too. Where b' < b and the batch is small (:data:`WHOLE_COPY_BYTES`), the whole
+    batch is copied, not a slice of each leaf: the worker reads the first :attr:`n` rows either way.
 
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
@@ -354,6 +359,10 @@ class BatchSlot:
         self.layout: tuple[TreeSpec, list[Any], list[Tensor | None]] | None = None
         self._targets: list[Tensor | None] = []  # views of the buffers' first _targets_n rows
         self._targets_n = -1
+        # Views of the buffers' first _whole_size rows, where a small batch is copied whole (see
+        # WHOLE_COPY_BYTES); _whole_size is -1 where it is not.
+        self._whole: list[Tensor] = []
+        self._whole_size = -1
         # The last write, for the next one's O(1) check: (type, n asked for, size, [(dtype, shape) per
         # tensor leaf, None per plain value], a dict's keys, whether every leaf is a batched tensor),
         # kept where the batch is a tensor or a flat tuple, list or dict; None otherwise.
@@ -414,8 +423,13 @@ class BatchSlot:
                 except AttributeError:  # a leaf that is not a tensor
                     same = False
                 if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
-                    rows = self.n
-                    list(map(Tensor.copy_, self._targets, plain if rows == self.size else [x[:rows] for x in plain]))
+                    rows, size = self.n, self.size
+                    if rows == size:
+                        list(map(Tensor.copy_, self._targets, plain))
+                    elif self._whole_size == size:  # small: whole, rather than a slice per leaf
+                        list(map(Tensor.copy_, self._whole, plain))
+                    else:
+                        list(map(Tensor.copy_, self._targets, [x[:rows] for x in plain]))
                     return False
             elif len(plain) == len(last[3]) and self._same_shape_new_values(plain, last[3]):
                 rows = self.n
@@ -443,6 +457,7 @@ class BatchSlot:
                     buffers.append(None)
                     constants.append(x.detach().cpu() if isinstance(x, Tensor) else x)
             self._key, self._buffers = key, buffers
+            self._whole_size = -1  # views of the old buffers
             self.layout = (spec, constants, buffers)
         else:
             # The same layout, but its other leaves (a batch's file names, a scalar) may hold new values:
@@ -467,7 +482,7 @@ class BatchSlot:
             metas = ([(x.dtype, x.shape, False) for x in plain] if batched else
                      [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain])
             self._last = (kind, requested, size, metas, keys, batched)
-        self.size, self.n = size, n
+        self._sized(size, n)
         return changed
 
     def _resized(self, plain: Sequence[Any], last: tuple[Any, ...]) -> bool:
@@ -496,8 +511,19 @@ class BatchSlot:
         if n != self._targets_n:
             self._slice_targets(n)
         self._last = (last[0], last[1], size, metas, last[4], last[5])
-        self.size, self.n = size, n
+        self._sized(size, n)
         return True
+
+    def _sized(self, size: int, n: int) -> None:
+        """Record the batch's ``size`` and the ``n`` rows the worker reads; the whole-batch views where they pay."""
+        self.size, self.n = size, n
+        buffers = self._buffers
+        whole = (n < size and bool(buffers) and all(b is not None for b in buffers)
+                 and sum(b.numel() // b.shape[0] * b.element_size() for b in buffers) * size <= WHOLE_COPY_BYTES)
+        if not whole:
+            self._whole, self._whole_size = [], -1
+        elif self._whole_size != size:
+            self._whole, self._whole_size = [b[:size] for b in buffers], size  # type: ignore[index]
 
     def _slice_targets(self, n: int) -> None:
         """The buffers' first ``n`` rows, where writes go: sliced once per (layout, n), not per step."""
