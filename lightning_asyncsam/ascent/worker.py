@@ -69,7 +69,8 @@ which a training-mode forward never reads, are not mirrored, :mod:`lightning_asy
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
 ``FlatTensors.flat_writer``);
-one copy per batch tensor into the batch slot (no pytree walk, no key built, for a tensor or a
+one copy per batch tensor into the batch slot (of the whole batch where b' < b and it is small, so
+that no leaf is sliced; no pytree walk, no key built, for a tensor or a
 tuple, list or dict of tensors and plain values shaped like the last batch, or differing only in
 the number of samples, as an epoch's short last batch does; new file names or ids are pickled into
 a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`); one snapshot comparison of the optimizers'
@@ -90,7 +91,7 @@ times every override that Lightning calls per batch (``training_step``, ``post_b
 excluded; benchmarks/overhead.py checks it against the difference to SGD, side by side, and
 benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
 on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.11-0.15 ms per
-step over 12 interleaved repetitions, 3.0-3.5% of SGD's step whatever the VM's phase, the logging
+step over 12 interleaved repetitions, 3.0-3.6% of SGD's step whatever the VM's phase, the logging
 steps' share included (about 0.1 ms each, four in an epoch of 45 steps: an epoch's last step logs
 only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
 copy is a writer built once per worker (for one flat buffer on a CPU, the tensor's own ``copy_``
