@@ -69,9 +69,9 @@ which a training-mode forward never reads, are not mirrored, :mod:`lightning_asy
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
 ``FlatTensors.flat_writer``);
-one copy per batch tensor into the batch slot (of the whole batch where b' < b and it is small, so
-that no leaf is sliced; no pytree walk, no key built, for a tensor or a
-tuple, list or dict of tensors and plain values shaped like the last batch, or differing only in
+one copy per batch tensor into the batch slot (of the whole batch where b' < b and it is small,
+so that no leaf is sliced; no pytree walk, no key built, for a tensor or a tuple, list or dict
+of tensors and plain values shaped like the last batch, or differing only in
 the number of samples, as an epoch's short last batch does; new file names or ids are pickled into
 a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`); one snapshot comparison of the optimizers'
 hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
@@ -80,8 +80,9 @@ call and one ``sem_post``. Each micro-batch adds one addition per dtype (perturb
 writes ``w_t + e`` into the flat buffers' twins, which the parameters take by a storage swap
 until the restore swaps them back, O(1) and exact (:mod:`lightning_asyncsam.ascent.flat_params`);
 on a GPU the restore is one copy per dtype from the published ``w_t``. On a CPU these are plain
-tensor calls, not foreach calls (whose extra dispatch costs microseconds when it runs cold). No allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning
-property that walks the trainer (``global_step``, ``training``, ``root_device``: read from the
+tensor calls, not foreach calls (whose extra dispatch costs microseconds when it runs cold). No
+allocation, no walk over the parameters in Python, no Lightning ``log``, no Lightning property that
+walks the trainer (``global_step``, ``training``, ``root_device``: read from the
 attributes behind them), and no Lightning callback hook (the strategy's callback has none per
 batch, :mod:`lightning_asyncsam.batch_free`, and a rule without state connects no other). The
 diagnostics (the gradients flattened once and two dot products for the cosine, ||e|| following from
