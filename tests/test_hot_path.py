@@ -65,15 +65,21 @@ def test_asyncsam_perturbs_and_restores_through_flat_buffers(twins: bool, monkey
 
     On the CPU the buffers have twins: w_t + e is written into the twins, the parameters take their
     memory (a storage swap) and give it back after the backward, so that w_t itself is never
-    written. Without twins (a torch without the swap), w_t comes back from the published copy.
+    written (and the worker reads it there: live weights, nothing published). Without twins (a
+    torch without the swap), w_t comes back from the published copy.
     """
     from lightning_asyncsam.ascent import flat_params
 
     if not twins:
         monkeypatch.setattr(flat_params, "SWAP_DATA", None)
     checks: list[bool] = []
+    w_t: list[torch.Tensor] = []  # the flat buffers at the first micro-batch of the step
 
     class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx % 2 == 0:
+                w_t[:] = [f.clone() for f in trainer.strategy._flat.flats]
+
         def on_before_backward(self, trainer, pl_module, loss) -> None:
             s = trainer.strategy
             if s._perturbed:  # perturbed through the flat buffers, with w_t published this step
@@ -81,15 +87,19 @@ def test_asyncsam_perturbs_and_restores_through_flat_buffers(twins: bool, monkey
                 checks.append(s._published is not None and s._targets is flat.flats)
                 checks.append(all(p.data_ptr() >= flat.flats[0].data_ptr() for p in s._params))
                 checks.append(bool(flat.twins) is twins and flat.swapped is twins)
+                checks.append(s.worker.live is twins)
                 if twins:  # the twin holds w_t, untouched; the parameters w_t + e
-                    checks.append(all(torch.equal(t, w) for t, w in zip(flat.twins, s._published)))
+                    checks.append(all(torch.equal(t, w) for t, w in zip(flat.twins, w_t)))
                     checks.append(all(torch.equal(f, t + e) for f, t, e in zip(flat.flats, flat.twins, s._direction_flats)))
+                else:  # the published copy holds w_t, the parameters w_t + e
+                    checks.append(all(torch.equal(c, w) for c, w in zip(s._published, w_t)))
+                    checks.append(all(torch.equal(f, w + e) for f, w, e in zip(flat.flats, w_t, s._direction_flats)))
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
             s = trainer.strategy
             if s._published is not None:
                 checks.append(not s._flat.swapped)
-                checks.append(all(torch.equal(t, w) for t, w in zip(s._targets, s._published)))
+                checks.append(all(torch.equal(t, w) for t, w in zip(s._targets, w_t)))
 
     model = TinyClassifier()
     t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, accumulate_grad_batches=2,

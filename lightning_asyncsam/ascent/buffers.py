@@ -86,6 +86,10 @@ class FlatTensors:
     def _views_of(self, flats: Sequence[Tensor]) -> list[Tensor]:
         return [flats[s.group][s.offset : s.offset + s.numel].view(s.shape) for s in self._slots]
 
+    def views_of(self, flats: Sequence[Tensor]) -> list[Tensor]:
+        """Views shaped like the tensors, of other flat buffers laid out as these (one per dtype)."""
+        return self._views_of(flats)
+
     def views(self) -> list[Tensor]:
         if self._views is None:
             self._views = self._views_of(self._flats)
@@ -106,7 +110,8 @@ class FlatTensors:
             torch._foreach_copy_(self.views(), tensors, non_blocking=self._pinned)
         self._rest_writes += 1
 
-    def flat_writer(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor]) -> Callable[[], object]:
+    def flat_writer(self, flats: Sequence[Tensor], count: int, rest: Sequence[Tensor],
+                    live: bool = False) -> Callable[[], object]:
         """A call with no arguments that writes the first ``count`` tensors from ``flats`` and the others from ``rest``.
 
         ``flats`` hold those ``count`` tensors laid out as here (one per dtype, in the order of
@@ -126,6 +131,9 @@ class FlatTensors:
         autograd does not see either, are caught by a full write every :data:`REST_REFRESH_STEPS`
         calls. Checking costs two C-level passes over the rest's tensors, no Python line per tensor.
 
+        With ``live``, the worker reads those ``count`` tensors from ``flats`` themselves (shared
+        memory): only the rest is written.
+
         Example::
 
             >>> flat, source = FlatTensors([torch.zeros(2), torch.zeros(1)]), torch.arange(3.0)
@@ -144,11 +152,17 @@ class FlatTensors:
         prefixes = self._prefixes_of(self._staging if staged else self._flats, count)  # type: ignore[arg-type]
         flats, rest = list(flats), list(rest)
         rest_targets = views[count:]
-        if not staged and not rest and len(prefixes) == 1 and prefixes[0].device.type == "cpu":
+        if live:
+            if staged:
+                raise ValueError("FlatTensors.flat_writer: live weights are read from host memory, not staged")
+            prefixes, flats = [], []
+            if not rest:
+                return _nothing
+        elif not staged and not rest and len(prefixes) == 1 and prefixes[0].device.type == "cpu":
             return partial(prefixes[0].copy_, flats[0])
         # A CPU runs a foreach call as a loop of copies, and its extra dispatch costs microseconds
         # when it runs cold, mid-step (3 more for one 96 KB copy on this project's VM); a GPU fuses them.
-        fused = prefixes[0].device.type != "cpu" if prefixes else True
+        fused = prefixes[0].device.type != "cpu" if prefixes else False
         pinned = self._pinned
         # From the staging copy to the host: everything when the rest was written, else the prefixes.
         host_all = list(zip(self._flats, self._staging or []))
@@ -573,6 +587,10 @@ class BatchSlot:
 
 _PLAIN = (str, bytes, int, float, bool, type(None))
 _signature = attrgetter("dtype", "shape", "requires_grad")  # what the batch slot's fast path compares, per tensor
+
+
+def _nothing() -> None:
+    """A writer with nothing to write (live weights, no rest)."""
 
 
 def _plain_value(x: Any) -> bool:

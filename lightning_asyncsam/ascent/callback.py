@@ -232,10 +232,11 @@ class AsyncSAMCallback(BatchFreeCallback):
         """The step in flight's result, waited for: the worker's pace, counted as waiting, not as work."""
         wait_start = time.perf_counter()
         result = worker.collect()
-        self._waited(strategy, (time.perf_counter() - wait_start) * 1e3)
+        self.waited(strategy, (time.perf_counter() - wait_start) * 1e3)
         return result
 
-    def _waited(self, strategy: AscentHost, ms: float) -> None:
+    def waited(self, strategy: AscentHost, ms: float) -> None:
+        """Count ``ms`` spent waiting for the worker inside the strategy's timed overrides as waiting, not work."""
         self._wait_ms += ms
         self.wait_total_ms += ms
         strategy.added_ms -= ms  # inside the strategy's timed overrides: taken out of its overhead
@@ -247,7 +248,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         if not worker.booted:  # waiting, not work
             boot_start = time.perf_counter()
             worker.wait_ready()
-            self._waited(strategy, (time.perf_counter() - boot_start) * 1e3)
+            self.waited(strategy, (time.perf_counter() - boot_start) * 1e3)
 
     def _measure_batch(self, batch: Any) -> int:
         self._full_batch = BatchSlot.batch_size(batch)

@@ -22,6 +22,11 @@ re-point every tensor of a storage): the perturbation writes ``w + e`` into the 
 and the restore is the swap back, exact and without a pass over the weights (issue 11). A
 parameter, and any view of it, sees the swapped memory; its version counter does not move, and
 nothing that autograd saved in between is touched by it.
+
+With ``shared``, the buffers live in shared memory, so that the ascent worker can read ``w_t``
+where it lives instead of the trainer copying it out every step (the "live weights" of
+:mod:`lightning_asyncsam.ascent.worker`): with twins, the memory that holds ``w_t`` is not written
+between the publication and the restore, the perturbed forward and backward running on the twin.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class FlatParameters:
     Args:
         params: the trainable parameters, in the order that the flat buffers follow.
         twins: also keep a twin of each buffer, for :attr:`swap` (where torch can swap storages).
+        shared: put the buffers (not the twins) in shared memory, for a worker process to read.
 
     Example::
 
@@ -59,7 +65,7 @@ class FlatParameters:
         >>> flat.swap(); flat.release()  # and w again
     """
 
-    def __init__(self, params: Sequence[Tensor], twins: bool = False) -> None:
+    def __init__(self, params: Sequence[Tensor], twins: bool = False, shared: bool = False) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
         #: Same-sized twins of :attr:`flats` (empty without ``twins``), and :attr:`swap`: trades the
@@ -80,6 +86,8 @@ class FlatParameters:
         with torch.no_grad():
             for dtype, members in groups.items():
                 flat = torch.empty(sum(p.numel() for p in members), dtype=dtype, device=members[0].device)
+                if shared:  # before the views: moving a storage into shared memory moves its data
+                    flat.share_memory_()
                 offset = 0
                 for p in members:
                     n = p.numel()

@@ -20,6 +20,11 @@ that the data loaders want); a napping neighbour left SGD's digits epoch unchang
 ascent starts up to about 0.1 ms late (a nap and the timer's slack), which the system-aware b'
 absorbs.
 
+Where the worker reads ``w_t`` in place, from the trainer's own parameter buffers
+(:mod:`lightning_asyncsam.ascent.worker`, "live weights"), a third semaphore says that it has
+read them: the trainer writes nothing there before it has taken that post (release and acquire
+again, so the worker's reads come before the trainer's writes on any architecture).
+
 Anything other than a step's numbers (a batch layout, the trainer stand-in's changes, a stop, an
 error's traceback) still goes through the pipe: the step's numbers say how many such messages
 precede it.
@@ -67,11 +72,12 @@ class Mailbox:
         self._shared = torch.zeros(8, dtype=torch.float64).share_memory_()
         self.work = ctx.Semaphore(0)  # the trainer posted a step (or a stop)
         self.done = ctx.Semaphore(0)  # the worker posted a result (or sent an error through the pipe)
+        self.read = ctx.Semaphore(0)  # the worker has read w_t from the trainer's live buffers (or failed)
         self._slots = _numbers(self._shared)
         self.posted = _result_numbers(self._shared)  # the last result's numbers, as floats (see result())
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_shared": self._shared, "work": self.work, "done": self.done}
+        return {"_shared": self._shared, "work": self.work, "done": self.done, "read": self.read}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -130,8 +136,9 @@ class Mailbox:
         self.done.release()
 
     def wake(self) -> None:
-        """Wake a trainer that waits for a result (the worker sent an error through the pipe)."""
+        """Wake a trainer that waits for a result or a read (the worker sent an error through the pipe)."""
         self.done.release()
+        self.read.release()
 
 
 def _numbers(shared: torch.Tensor) -> Any:

@@ -9,7 +9,8 @@ the trainer's do (:mod:`lightning_asyncsam.ascent.flat_params`), one operation p
   the published ``w_t`` (:class:`~lightning_asyncsam.ascent.buffers.FlatTensors`), so reading
   ``w_t`` is one copy per dtype, plus one for the other mirrored tensors (frozen parameters,
   buffers) when the trainer rewrote them (``FlatTensors.rest_version``) or the replica changed its
-  copies;
+  copies; with live weights the copy reads the trainer's own flat buffers, which it did not copy
+  out (the trainer waits for the worker's post before it writes them again);
 * their gradients accumulate straight into one flat buffer per dtype: a leaf's existing ``.grad``
   is added to in place (autograd's ``AccumulateGrad``; DDP's ``gradient_as_bucket_view`` relies on
   the same), so the gradient leaves in one multiplication per dtype that is Eq. 3's scale
@@ -50,6 +51,8 @@ class ReplicaIO:
         trainable: the replica's trainable parameters, in the order of the gradient buffers.
         weights: the published ``w_t`` (shared).
         grads_layout: a gradient buffer (shared), for its layout.
+        live: the trainer's own flat parameter buffers (shared, laid out as ``grads_layout``), to
+            read the trainable parameters' ``w_t`` from instead of ``weights``; None: ``weights``.
 
     Example::
 
@@ -66,7 +69,7 @@ class ReplicaIO:
     """
 
     def __init__(self, mirror: Sequence[Tensor], trainable: Sequence[Tensor], weights: FlatTensors,
-                 grads_layout: FlatTensors) -> None:
+                 grads_layout: FlatTensors, live: Sequence[Tensor] | None = None) -> None:
         self._mirror = list(mirror)
         self._trainable = list(trainable)
         with torch.no_grad():
@@ -77,10 +80,14 @@ class ReplicaIO:
                     p.data = p.data.clone()
         self._flat = FlatParameters(self._trainable)
         count = len(self._trainable)
+        self._count = count
+        self._live = list(live) if live is not None else None
+        # The live buffers as one view per trainable parameter (the per-tensor path reads those).
+        self._live_views = grads_layout.views_of(self._live) if self._live is not None else []
         self._grad_flats: list[Tensor] = []
         self._grad_views: list[Tensor] = []
         if self._flat.active:
-            self._weight_prefix = weights.prefix_flats(count)
+            self._weight_prefix = self._live if self._live is not None else weights.prefix_flats(count)
             self._rest_views = weights.views()[count:]
             self._rest_mirror = self._mirror[count:]
             self._rest_seen = -1.0  # the rest_version last copied: none yet
@@ -90,6 +97,17 @@ class ReplicaIO:
             with torch.no_grad():
                 for p, g in zip(self._trainable, self._grad_views):
                     p.grad = g  # autograd adds into it in place (see the module's docstring)
+
+    @property
+    def live(self) -> bool:
+        """Whether ``w_t`` of the trainable parameters is read from the trainer's own buffers."""
+        return self._live is not None
+
+    def stop_live(self, weights: FlatTensors) -> None:
+        """Read ``w_t`` from ``weights`` from now on: the trainer's parameters left its buffers."""
+        self._live, self._live_views = None, []
+        if self.flat:
+            self._weight_prefix = weights.prefix_flats(self._count)
 
     @property
     def flat(self) -> bool:
@@ -103,6 +121,8 @@ class ReplicaIO:
             self._grad_flats, self._grad_views = [], []
         if not self.flat:
             weights.copy_to(self._mirror)
+            for p, w in zip(self._trainable, self._live_views):  # live: the trainable ones where they live
+                p.copy_(w)
             return
         for flat, w in zip(self._flat.flats, self._weight_prefix):
             flat.copy_(w)

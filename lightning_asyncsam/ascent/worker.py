@@ -236,7 +236,8 @@ def _unimportable_modules(module: nn.Module) -> list[types.ModuleType]:
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads: tuple[FlatTensors, FlatTensors],
-                 mailbox: Mailbox, hyperparameters: SharedHyperparameters, constants: SharedObject) -> None:
+                 mailbox: Mailbox, hyperparameters: SharedHyperparameters, constants: SharedObject,
+                 live: list[Tensor] | None = None) -> None:
     """Entry point of the worker process."""
     try:
         if spec.start_method == "fork":
@@ -263,7 +264,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
         wanted = {id(p) for p in trainable}
         for p in module.parameters():
             p.requires_grad_(id(p) in wanted)
-        io = ReplicaIO(mirror, trainable, weights, grads[0])
+        io = ReplicaIO(mirror, trainable, weights, grads[0], live=live)
         reader = BatchReader()
         layout = None
         parent = mp.parent_process()
@@ -285,6 +286,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                 elif msg[0] == "constants":
                     layout = (layout[0], msg[1], layout[2])  # type: ignore[index]  # a new object: re-read
                     constants.mark_seen()
+                elif msg[0] == "weights":  # the trainer's parameters left the live buffers
+                    io.stop_live(weights)
                 elif msg[0] == "trainer":
                     trainer.update(msg[1])
                     if "optimizers" in msg[1]:
@@ -300,6 +303,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     trainer.update({"current_epoch": epoch})
             start = time.perf_counter()
             io.load(weights)
+            if io.live:  # the trainer may write its buffers again (after this step's backward)
+                mailbox.read.release()
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
             io.zero_grads()
             loss = ascent_loss(module, batch, batch_idx)
@@ -316,6 +321,18 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             mailbox.wake()
         finally:
             os._exit(1)
+
+
+def _check_live(live: Sequence[Tensor], layout: FlatTensors) -> list[Tensor]:
+    """``live`` if it is what the worker can read ``w_t`` from: host shared memory, laid out as ``layout``."""
+    live = list(live)
+    expected = layout.device_flats()
+    if len(live) != len(expected) or not all(
+            t.device.type == "cpu" and t.is_shared() and t.dtype == e.dtype and t.numel() == e.numel()
+            for t, e in zip(live, expected)):
+        raise ValueError("AscentWorker: live= must be the trainer's flat parameter buffers, one per dtype in host "
+                         "shared memory, laid out as the gradient buffers")
+    return live
 
 
 @contextmanager
@@ -354,6 +371,11 @@ class AscentWorker:
         rho: given, the worker delivers the perturbation ``e = rho * g / ||g||`` of Eq. 3 in
             ``grads`` (where ``||g||`` is finite) instead of the gradient g; None: g itself.
             :attr:`AscentResult.grad_norm` is ``||g||`` either way.
+        live: the trainer's own flat parameter buffers (host shared memory, one per dtype, laid out
+            as ``grads``), for the worker to read ``w_t`` from where it lives: the trainer then
+            publishes nothing of the trainable parameters, and writes none of those buffers after a
+            :meth:`submit` before :meth:`await_read` (or the semaphore of :meth:`read_signal`)
+            says that the worker has read them. None: the trainer publishes ``w_t`` by copy.
 
     Example::
 
@@ -365,7 +387,8 @@ class AscentWorker:
     """
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
-                 nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None) -> None:
+                 nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None,
+                 live: Sequence[Tensor] | None = None) -> None:
         tensors = mirrored_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
@@ -382,6 +405,10 @@ class AscentWorker:
             self.weights = FlatTensors([t.detach() for t in self._weight_sources])
             self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
         self.slot = BatchSlot(capacity)
+        self._live = _check_live(live, self.grads[0]) if live is not None else None
+        # Whether the worker reads w_t from the trainer's buffers (an attribute: read every step).
+        self.live = self._live is not None
+        self._queued: list[tuple[Any, ...]] = []  # messages for the worker, sent with the next step
         # The serialized module travels as shared memory, not inside the pickled process arguments:
         # spawn writes those arguments into a pipe that the child drains only while it imports
         # torch and Lightning, so a large payload there would block Process.start() for seconds.
@@ -439,7 +466,7 @@ class AscentWorker:
         self._process = ctx.Process(
             target=_worker_main,
             args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads,
-                  self._mailbox, self._hyperparameters, self._constants),
+                  self._mailbox, self._hyperparameters, self._constants, self._live if self.live else None),
             name="asyncsam-ascent-worker",
             daemon=True,
         )
@@ -463,7 +490,14 @@ class AscentWorker:
         self.cuda_initialized = bool(msg[2])
 
     def publish(self, weights: Sequence[Tensor] | None = None) -> None:
-        """Copy the current weights and buffers into shared memory (``w_t``)."""
+        """Copy the current weights and buffers into shared memory (``w_t``).
+
+        With live weights, the worker reads from here from the next step on (the trainer's
+        parameters no longer live in the buffers it was given: ``module.to()`` moved them).
+        """
+        if self.live:
+            self.live = False
+            self._queued.append(("weights", "published"))
         self.weights.copy_from(self._weight_sources if weights is None else weights)
 
     def flat_publisher(self, flats: Sequence[Tensor]) -> Callable[[], object]:
@@ -472,7 +506,28 @@ class AscentWorker:
         ``flats`` are laid out as ``grads`` is (one per dtype); built once, each call is one copy
         per dtype (see :meth:`FlatTensors.flat_writer`).
         """
-        return self.weights.flat_writer(flats, len(self.grad_names), self._rest_sources)
+        return self.weights.flat_writer(flats, len(self.grad_names), self._rest_sources, live=self.live)
+
+    def read_signal(self) -> Callable[[bool], bool] | None:
+        """With live weights, the bound ``acquire`` of the semaphore that the worker posts once it has read ``w_t``.
+
+        The trainer takes one post per submitted step, ``acquire(False)`` (no system call when it
+        is there), and :meth:`await_read` where it is not. None without live weights.
+        """
+        return self._require_mailbox().read.acquire if self.live else None
+
+    def await_read(self, timeout: float | None = None) -> None:
+        """Block until the worker has read the ``w_t`` of the step in flight (live weights), checking that it lives."""
+        mailbox, conn, proc = self._require_mailbox(), self._require_conn(), self._process
+        assert proc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not mailbox.read.acquire(True, _POLL_S):
+            if self._poll(conn, 0.0) or not proc.is_alive():
+                self._recv(timeout=5.0, what="the weights to be read")  # raises: the traceback, or the exit code
+            if deadline is not None and time.monotonic() > deadline:
+                pid = proc.pid
+                self.close()
+                raise AscentWorkerError(f"AsyncSAM ascent worker (pid {pid}) did not read the weights in {timeout} s")
 
     def published_flats(self) -> list[Tensor]:
         """The published ``w_t`` of the trainable parameters as one flat view per dtype, on the main device."""
@@ -501,6 +556,8 @@ class AscentWorker:
             self.wait_ready()
         messages = 0
         try:
+            if self._queued:
+                messages = self._send_queued(conn)
             if self.slot.write(batch, n):
                 conn.send(("layout", self.slot.layout))
                 messages += 1
@@ -515,6 +572,12 @@ class AscentWorker:
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
         self._mailbox.post_step(step, self.slot.n, batch_idx, messages)  # type: ignore[union-attr]
         self.in_flight = step
+
+    def _send_queued(self, conn: Connection) -> int:
+        queued, self._queued = self._queued, []
+        for message in queued:
+            conn.send(message)
+        return len(queued)
 
     def collect(self, timeout: float | None = None) -> AscentResult:
         """Wait for the step in flight and return its timing; the gradient is in ``grads[step % 2]``."""

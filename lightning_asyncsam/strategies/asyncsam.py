@@ -141,6 +141,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._published_views_of: AscentWorker | None = None
         self._published_views: list[Tensor] = []
         self._write_published: Callable[[], object] = _nothing
+        # Live weights (the worker reads w_t from self._flat's buffers): the worker's "read" post,
+        # to take before anything writes them after a submission (see publish); None: not live.
+        self._read_signal: Callable[[bool], bool] | None = None
+        self._reading: Callable[[bool], bool] | None = None  # the post still to take this step
 
     @property
     def threads(self) -> int:
@@ -181,8 +185,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._adaptive_flags = self._asam_flags()
         self._release_flat()
         # On the CPU the buffers get twins: perturb writes w + e there and swaps, restore swaps back
-        # (no pass over the weights). On a GPU the restore stays a copy: nothing there was measured.
-        self._flat = FlatParameters(self._params, twins=self.root_device.type == "cpu")
+        # (no pass over the weights), and they live in shared memory, where the worker reads w_t
+        # (no publishing pass either). On a GPU the restore stays a copy: nothing there was measured.
+        on_cpu = self.root_device.type == "cpu"
+        self._flat = FlatParameters(self._params, twins=on_cpu, shared=on_cpu)
         self._start_worker()
 
     def _start_worker(self) -> None:
@@ -199,9 +205,13 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 f"ascent_device={self.ascent_device!r} is not allowed: this machine has {visible} CUDA device(s)"
             )
         main_cores, worker_cores = self._core_split()
+        flat = self._flat
+        # The worker reads w_t where it lives when the perturbed step never writes there (the twins).
+        live = flat.flats if flat is not None and flat.twins else None
         # ASAM's T comes from w_t, which does not exist yet when the worker finishes g_{t-1}: it scales here.
         self.worker = AscentWorker(module, self._params, self.worker_device, self.threads, capacity=1,
-                                   nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho)
+                                   nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho,
+                                   live=live)
         if self.root_device.type == "cuda":
             self.worker.weights.pin(self.root_device)
             first, second = self.worker.grads
@@ -245,6 +255,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     def close_worker(self) -> None:
         """Stop the worker and give the trainer its cores back (safe to call at any time, any number of times)."""
+        self._reading = None  # nothing waits for a worker that stops (it has stopped reading once close() returns)
         self._restore()  # while w_t's published copy, the backup, still exists
         worker, self.worker = self.worker, None
         self.direction = None
@@ -252,6 +263,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._published_by = self._published_views_of = None  # nothing keeps the closed worker's buffers
         self._published_views = []
         self._write_published = _nothing
+        self._read_signal = self._reading = None
         self._affinity.restore()
         if worker is not None:
             worker.close()
@@ -362,17 +374,26 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
         With the parameters in flat buffers (:mod:`lightning_asyncsam.ascent.flat_params`), the
         publication, each perturbation and each restore are one operation per dtype; on the CPU,
-        where the buffers have twins, the restore is a swap of memory and needs no backup.
+        where the buffers have twins, the restore is a swap of memory and needs no backup, and the
+        worker reads ``w_t`` from the buffers themselves ("live weights": nothing is copied). Then
+        nothing may write them before the worker has read them: the restore, which precedes any
+        update, takes the worker's post first (:meth:`_restore`), as does a step left unperturbed
+        (:meth:`_ascent_step`).
         """
+        if self._reading is not None:  # the last step's read was never taken (a step without restore)
+            self._await_read()
         flat = self._flat
         if flat is not None and flat.anchor_ptr() == flat.first:  # flat.intact(), without its frame
             if self._published_by is not worker:  # the same buffers every step: the views and the writer made once
                 self._published_by, self._published_views_of = worker, None
-                self._published_views = worker.published_flats()
-                self._write_published = worker.flat_publisher(flat.flats)
+                self._published_views = worker.published_flats()  # with live weights, never written
+                self._write_published = worker.flat_publisher(flat.flats)  # live: the rest alone, if any
+                self._read_signal = worker.read_signal()
             self._write_published()
             self._targets = flat.flats
+            self._reading = self._read_signal
         else:
+            self._read_signal = None  # the worker reads the published copy from now on
             worker.publish()
             if self._published_views_of is not worker:  # views of the same buffers every step
                 self._published_by, self._published_views_of = None, worker
@@ -389,12 +410,14 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         targets = self._targets
         if targets is not self._params:
             flat = self._flat
-            if flat is not None and flat.twins and not flat.swapped:
-                # w + e into the twins, which the parameters then take (restore: the swap back).
-                for w, e, twin in zip(targets, self._direction_flats, flat.twins):
-                    torch.add(w, e, out=twin)
-                flat.swap()
-                flat.swapped = True
+            if flat is not None and flat.twins:
+                # w + e into the twins, which the parameters then take (restore: the swap back). The
+                # buffers that hold w_t are not written until then: the worker may still be reading them.
+                if not flat.swapped:  # (swapped: never left so before a perturbation, see training_step)
+                    for w, e, twin in zip(targets, self._direction_flats, flat.twins):
+                        torch.add(w, e, out=twin)
+                    flat.swap()
+                    flat.swapped = True
             else:
                 # climb_ on the flat buffers (which never require grad), one method call per dtype, looped in C.
                 list(map(Tensor.add_, targets, self._direction_flats))
@@ -414,6 +437,11 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             flat.swap()
             flat.swapped = False
             self._perturbed = False
+            reading = self._reading
+            if reading is not None:  # live weights: the update that follows writes w_t's buffers
+                self._reading = None
+                if not reading(False):  # (the worker read them long ago, unless it is starved)
+                    start += self._await_read()
             self.perturb_ms += (time.perf_counter() - start) * 1e3
             return
         if self._published is None:
@@ -457,7 +485,23 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             if sync.synced_step != step:  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
                 self._after_closure_due = sync.log_step  # the diagnostics only on a logging step
+                if self.direction is None and self._reading is not None:  # no restore will take the read
+                    self._await_read()
         return self.direction
+
+    def _await_read(self) -> float:
+        """Wait until the worker has read ``w_t`` from the live buffers; the wait, in seconds, counts as waiting."""
+        self._reading = None
+        worker = self.worker
+        if worker is None:
+            return 0.0
+        start = time.perf_counter()
+        worker.await_read()
+        waited = time.perf_counter() - start
+        sync = self._sync
+        if sync is not None:
+            sync.waited(self, waited * 1e3)
+        return waited
 
     def _make_step_counter(self, trainer: "pl.Trainer") -> Callable[[], int]:
         self._step_counter = optimizer_step_counter(trainer, self._manual)
