@@ -377,8 +377,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         where the buffers have twins, the restore is a swap of memory and needs no backup, and the
         worker reads ``w_t`` from the buffers themselves ("live weights": nothing is copied). Then
         nothing may write them before the worker has read them: the restore, which precedes any
-        update, takes the worker's post first (:meth:`_restore`), as does a step left unperturbed
-        (:meth:`_ascent_step`).
+        update, takes the worker's post first (:meth:`_restore`), and on a step left unperturbed
+        the end of its closure does (:meth:`_after_closure`).
         """
         if self._reading is not None:  # the last step's read was never taken (a step without restore)
             self._await_read()
@@ -460,6 +460,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
 
     @override
     def _after_closure(self) -> None:
+        if self._reading is not None:  # an unperturbed step (see _ascent_step): the update comes next
+            self._await_read()
         sync = self._sync
         if sync is not None:
             sync.after_closure(self)
@@ -484,9 +486,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             step = (self._step_counter or self._make_step_counter(trainer))()  # trainer.global_step
             if sync.synced_step != step:  # the first micro-batch of this optimizer step
                 sync.synchronize(trainer, self, worker, batch, batch_idx, step)
-                self._after_closure_due = sync.log_step  # the diagnostics only on a logging step
-                if self.direction is None and self._reading is not None:  # no restore will take the read
-                    self._await_read()
+                # The diagnostics, on a logging step; the worker's read of w_t, on a step that no
+                # restore will end (unperturbed: the fit's first, a skipped ascent), before its update.
+                self._after_closure_due = sync.log_step or (self.direction is None and self._reading is not None)
         return self.direction
 
     def _await_read(self) -> float:
