@@ -51,24 +51,30 @@ The contract, which the tests check:
    Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.ascent.affinity`).
 
 Per step nothing crosses the pipe: four numbers cross each way through shared memory, signalled
-by two semaphores (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
+by two semaphores, and a third where the worker reads the live weights
+(:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
 buffers (:mod:`lightning_asyncsam.ascent.buffers`), as do the numbers of a scheduler's step
 (:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
 layout when it changes, a batch's new non-tensor leaves where they exceed a 64 KB shared buffer
 (:mod:`lightning_asyncsam.ascent.shared_object`), the trainer stand-in's other changes (a new param
-group or key, a flag), a stop, an error's traceback.
+group or key, a flag), the switch from the live weights to the published copy (the trainer's
+parameters moved out of their buffers, by ``module.to()``), a stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
 ``sem_trywait`` and four numbers read (:meth:`AscentWorker.take`; the worker has already scaled
 ``g_{t-1}`` into e, so the direction costs nothing but a host-to-device copy on a GPU; ASAM's rule,
-whose T needs ``w_t``, adds its foreach passes); one copy per dtype that publishes ``w_t`` (the
-trainable parameters live in one flat buffer per dtype during the fit,
-:mod:`lightning_asyncsam.ascent.flat_params`; torch's batch and instance norms' running statistics,
+whose T needs ``w_t``, adds its foreach passes); on a CPU no copy of ``w_t`` at all: the trainable
+parameters live in one flat buffer per dtype during the fit (:mod:`lightning_asyncsam.ascent.flat_params`),
+in shared memory, and the worker reads ``w_t`` there ("live weights", ``live``); the perturbed
+forward and backward run on the buffers' twins, so nothing writes ``w_t``'s memory before the
+restore, which takes the worker's "read" post (one ``sem_trywait``) before the update may write
+it (:mod:`lightning_asyncsam.ascent.mailbox`); on a GPU one copy per dtype publishes ``w_t``
+(torch's batch and instance norms' running statistics,
 which a training-mode forward never reads, are not mirrored, :mod:`lightning_asyncsam.ascent.mirror`;
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
-``FlatTensors.flat_writer``);
+``FlatTensors.flat_writer``, which on a CPU writes only those);
 one copy per batch tensor into the batch slot (of the whole batch where b' < b and it is small,
 so that no leaf is sliced; no pytree walk, no key built, for a tensor or a tuple, list or dict
 of tensors and plain values shaped like the last batch, or differing only in
@@ -95,20 +101,22 @@ on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0
 step over 12 interleaved repetitions, 3.0-3.6% of SGD's step whatever the VM's phase, the logging
 steps' share included (about 0.1 ms each, four in an epoch of 45 steps: an epoch's last step logs
 only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
-copy is a writer built once per worker (for one flat buffer on a CPU, the tensor's own ``copy_``
-bound to its source: no Python frame), and the global step is read through a counter made once
+writer is built once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound
+to its source: no Python frame), and the global step is read through a counter made once
 per fit (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What
 remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
-Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that publish
-and perturb each move come from memory that a forward and a backward have evicted (7-15
-microseconds a pass; the restore's copy, a third pass, became the swap). So the steady state runs as few Python lines as it can (about 205 of this
+Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that perturb
+moves come from memory that a forward and a backward have evicted (7-15 microseconds a pass; of
+the three passes of the first rounds, the restore's copy became the swap and the publishing copy
+the worker's own read). So the steady state runs as few Python lines as it can (about 205 of this
 package's per step, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``),
 and the rare cases (a stale or held gradient, a wait, the start-up, a GPU's stream sync) live in
 methods of their own, off the common path.
 
 The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
-dtype reads ``w_t`` into the replica's flat parameters (the frozen parameters and buffers only when
-the trainer rewrote them), the gradients accumulate in place into one
+dtype reads ``w_t`` into the replica's flat parameters, from the trainer's live buffers or the
+published copy (the frozen parameters and buffers only when the trainer rewrote them), then one
+``sem_post`` says so, the gradients accumulate in place into one
 flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multiplication per dtype
 into the shared buffer; the batch's views are sliced once per layout.
 """
