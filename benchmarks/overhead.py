@@ -287,13 +287,18 @@ def robust_step_cost(clock: EpochClock) -> float:
     steps, is the mean without the spikes that a VM's steal time puts into a timed region now and
     then, and with every kind's systematic cost.
     """
+    return sum(k["share"] * k["median_ms"] for k in step_kinds(clock).values())
+
+
+def step_kinds(clock: EpochClock) -> dict[str, dict[str, float]]:
+    """Each kind of step's share of the steps of epochs 2..N and its median ``overhead_ms`` (see robust_step_cost)."""
     kinds: dict[str, list[float]] = {}
     for costs, flags in zip(clock.step_overhead_ms[1:], clock.step_logged[1:]):
         for i, (cost, flag) in enumerate(zip(costs, flags)):
             kind = "logging" if flag else "after" if i and flags[i - 1] else "first" if i == 0 else "other"
             kinds.setdefault(kind, []).append(cost)
     n = sum(len(v) for v in kinds.values())
-    return sum(len(v) / n * statistics.median(v) for v in kinds.values()) if n else 0.0
+    return {k: {"share": len(v) / n, "median_ms": statistics.median(v)} for k, v in kinds.items()}
 
 
 def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], steps_per_epoch: int) -> dict[str, Any]:
@@ -319,6 +324,11 @@ def _arm_summary(runs: list[dict[str, Any]], sgd_runs: list[dict[str, Any]], ste
         "median_step_ms": statistics.median(step_asam) * 1e3,
         "median_step_ratio_paired": statistics.median(a / s for a, s in zip(step_asam, step_sgd)),
         "median_step_added_ms": statistics.median((a - s) * 1e3 for a, s in zip(step_asam, step_sgd)),
+        # Each kind of step: its share and its median overhead_ms, medians over repetitions.
+        "step_kinds": {kind: {key: statistics.median(run["step_kinds"][kind][key] for run in runs
+                                                     if kind in run.get("step_kinds", {}))
+                              for key in ("share", "median_ms")}
+                       for kind in sorted({k for run in runs for k in run.get("step_kinds", {})})},
     }
 
 
@@ -399,6 +409,7 @@ def main() -> None:
                     "median_step_s": steady_step(clock.step_s),
                     "overhead_ms_per_step": sum(clock.overhead_ms[1:]) / steps,
                     "overhead_ms_robust": robust_step_cost(clock) if arm != "sgd" else 0.0,
+                    "step_kinds": step_kinds(clock) if arm != "sgd" else {},
                     "wait_ms_per_step": sum(clock.wait_ms[1:]) / steps,
                 })
                 print(f"repeat {r} {arm:12s} steady epoch {steady(clock.epochs) * 1e3:7.1f} ms", flush=True)
@@ -437,6 +448,12 @@ def main() -> None:
         "| median step x SGD, paired |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "`asyncsam/overhead_ms` by kind of step (all repetitions; each kind's median, median over repetitions, "
+        "and its share of the steps): " + "; ".join(
+            f"b' = {arm.removeprefix('asyncsam_b')}: " + ", ".join(
+                f"{kind} {v['median_ms']:.3f} ms ({v['share']:.0%})" for kind, v in summary[arm]["step_kinds"].items())
+            for arm in arms[1:]) + ".",
         "",
         environment_markdown(env),
     ])
