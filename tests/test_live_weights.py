@@ -26,9 +26,14 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _live_worker(model: torch.nn.Module) -> tuple[AscentWorker, FlatParameters, list[torch.Tensor]]:
     params = list(model.parameters())
-    flat = FlatParameters(params, twins=True, shared=True)
-    assert flat.twins and all(f.is_shared() for f in flat.flats) and not any(t.is_shared() for t in flat.twins)
-    return AscentWorker(model, params, "cpu", threads=1, capacity=8, live=flat.flats), flat, params
+    flat = FlatParameters(params, twins=True)
+    values = [p.detach().clone() for p in params]
+    assert flat.share() and flat.intact()  # the parameters follow their buffers into shared memory
+    assert all(f.is_shared() for f in flat.flats) and not any(t.is_shared() for t in flat.twins)
+    assert all(torch.equal(p, v) for p, v in zip(params, values))
+    worker = AscentWorker(model, params, "cpu", threads=1, capacity=8)
+    worker.read_live(flat.flats)
+    return worker, flat, params
 
 
 def test_the_worker_reads_w_t_from_the_trainer_buffers_before_the_trainer_writes_them() -> None:
@@ -117,14 +122,56 @@ def test_live_buffers_must_be_shared_and_laid_out_as_the_gradients() -> None:
     model = TinyClassifier()
     params = list(model.parameters())
     private = FlatParameters(params, twins=True)
+    worker = AscentWorker(model, params, "cpu", threads=1, capacity=8)
     try:
-        with pytest.raises(ValueError, match="live="):
-            AscentWorker(model, params, "cpu", threads=1, capacity=8, live=private.flats)
-        with pytest.raises(ValueError, match="live="):
-            AscentWorker(model, params, "cpu", threads=1, capacity=8,
-                         live=[torch.zeros(3).share_memory_()])
+        with pytest.raises(ValueError, match="read_live"):
+            worker.read_live(private.flats)
+        with pytest.raises(ValueError, match="read_live"):
+            worker.read_live([torch.zeros(3).share_memory_()])
+        assert not worker.live
     finally:
+        worker.close()
         private.release()
+
+
+def _full(self: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("unable to allocate shared memory(shm) for file </torch_0>: No space left on device (28)")
+
+
+def test_without_room_in_shared_memory_the_fit_publishes_w_t_instead(monkeypatch) -> None:
+    """/dev/shm too small for the trainer's buffers (torch raises): the worker reads the published copy, and the fit runs."""
+    share = FlatParameters.share
+
+    def share_without_room(self: FlatParameters) -> bool:
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "share_memory_", _full)
+            return share(self)
+
+    monkeypatch.setattr(FlatParameters, "share", share_without_room)
+    seen: list[bool] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            s = trainer.strategy
+            seen.append(not s.worker.live and not s._flat.flats[0].is_shared() and s._flat.intact()
+                        and s._read_signal is None)
+
+    model = TinyClassifier()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, callbacks=[Probe()])
+    t.fit(model, loader(make_data(n=32, dtype=torch.float32), 8))
+    assert len(seen) == 8 and all(seen)
+    monkeypatch.setattr(FlatParameters, "share", share)  # the same fit with live weights: the same trajectory
+    live = TinyClassifier()
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2).fit(
+        live, loader(make_data(n=32, dtype=torch.float32), 8))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), live.parameters()))
+
+
+def test_a_worker_without_room_for_its_buffers_says_where_to_make_room(monkeypatch) -> None:
+    monkeypatch.setattr(torch.Tensor, "share_memory_", _full)
+    model = TinyClassifier()
+    with pytest.raises(RuntimeError, match="shm-size"):
+        AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
 
 
 def test_a_live_writer_writes_the_rest_alone() -> None:

@@ -117,8 +117,10 @@ def test_a_small_batch_is_copied_whole_where_the_worker_needs_its_first_rows(fea
         return original(self, index)
 
     # (batch size, whether the write may slice: a new size re-slices the slot's views once)
-    for size, resized in ((32, False), (29, True), (32, True), (32, False)):
-        batch = (torch.randn(size, features), torch.arange(size) + 100)
+    for i, (size, resized) in enumerate(((32, False), (29, True), (32, True), (32, False))):
+        # Labels no earlier write held (nor, by chance, the slot's uninitialized memory): rows past n
+        # that the write skipped cannot match them.
+        batch = (torch.randn(size, features), torch.arange(size) + 1000 * (i + 1) + 7)
         sliced.clear()
         monkeypatch.setattr(torch.Tensor, "__getitem__", counting)
         assert slot.write(batch, 4) is False

@@ -23,10 +23,11 @@ and the restore is the swap back, exact and without a pass over the weights (iss
 parameter, and any view of it, sees the swapped memory; its version counter does not move, and
 nothing that autograd saved in between is touched by it.
 
-With ``shared``, the buffers live in shared memory, so that the ascent worker can read ``w_t``
-where it lives instead of the trainer copying it out every step (the "live weights" of
-:mod:`lightning_asyncsam.ascent.worker`): with twins, the memory that holds ``w_t`` is not written
-between the publication and the restore, the perturbed forward and backward running on the twin.
+:meth:`FlatParameters.share` moves the buffers into shared memory, so that the ascent worker can
+read ``w_t`` where it lives instead of the trainer copying it out every step (the "live weights"
+of :mod:`lightning_asyncsam.ascent.worker`): with twins, the memory that holds ``w_t`` is not
+written between the publication and the restore, the perturbed forward and backward running on
+the twin.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class FlatParameters:
     Args:
         params: the trainable parameters, in the order that the flat buffers follow.
         twins: also keep a twin of each buffer, for :attr:`swap` (where torch can swap storages).
-        shared: put the buffers (not the twins) in shared memory, for a worker process to read.
 
     Example::
 
@@ -65,7 +65,7 @@ class FlatParameters:
         >>> flat.swap(); flat.release()  # and w again
     """
 
-    def __init__(self, params: Sequence[Tensor], twins: bool = False, shared: bool = False) -> None:
+    def __init__(self, params: Sequence[Tensor], twins: bool = False) -> None:
         self._params = list(params)
         self.flats: list[Tensor] = []
         #: Same-sized twins of :attr:`flats` (empty without ``twins``), and :attr:`swap`: trades the
@@ -86,8 +86,6 @@ class FlatParameters:
         with torch.no_grad():
             for dtype, members in groups.items():
                 flat = torch.empty(sum(p.numel() for p in members), dtype=dtype, device=members[0].device)
-                if shared:  # before the views: moving a storage into shared memory moves its data
-                    flat.share_memory_()
                 offset = 0
                 for p in members:
                     n = p.numel()
@@ -108,6 +106,25 @@ class FlatParameters:
     def active(self) -> bool:
         """Whether the parameters live in :attr:`flats`."""
         return bool(self.flats)
+
+    def share(self) -> bool:
+        """Move the buffers (not the twins) into shared memory, for a worker process to read; False where it cannot.
+
+        The parameters follow (they are views of the buffers' storages, which keep their identity);
+        their data moves. False without buffers, off the CPU, or where shared memory has no room
+        for them (torch raises: ``/dev/shm`` is full, 64 MB by default in a Docker container); the
+        buffers then stay as they were, usable as before.
+        """
+        if not self.flats or self.flats[0].device.type != "cpu" or self.swapped:
+            return False
+        try:
+            for f in self.flats:
+                f.share_memory_()
+        except RuntimeError:  # no room: those moved are still the same values, in shared memory
+            return False
+        finally:
+            self.first = self._params[0].data_ptr()
+        return True
 
     def intact(self) -> bool:
         """Whether they still do, checked in O(1): the first parameter still points into the buffers.

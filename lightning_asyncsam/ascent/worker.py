@@ -66,7 +66,8 @@ fixed amount of work, whatever the model's size, with no system call in the comm
 ``g_{t-1}`` into e, so the direction costs nothing but a host-to-device copy on a GPU; ASAM's rule,
 whose T needs ``w_t``, adds its foreach passes); on a CPU no copy of ``w_t`` at all: the trainable
 parameters live in one flat buffer per dtype during the fit (:mod:`lightning_asyncsam.ascent.flat_params`),
-in shared memory, and the worker reads ``w_t`` there ("live weights", ``live``); the perturbed
+in shared memory, and the worker reads ``w_t`` there ("live weights", :meth:`AscentWorker.read_live`;
+where shared memory has no room for them, the trainer publishes ``w_t`` as on a GPU); the perturbed
 forward and backward run on the buffers' twins, so nothing writes ``w_t``'s memory before the
 restore, which takes the worker's "read" post (one ``sem_trywait``) before the update may write
 it (:mod:`lightning_asyncsam.ascent.mailbox`); on a GPU one copy per dtype publishes ``w_t``
@@ -338,8 +339,8 @@ def _check_live(live: Sequence[Tensor], layout: FlatTensors) -> list[Tensor]:
     if len(live) != len(expected) or not all(
             t.device.type == "cpu" and t.is_shared() and t.dtype == e.dtype and t.numel() == e.numel()
             for t, e in zip(live, expected)):
-        raise ValueError("AscentWorker: live= must be the trainer's flat parameter buffers, one per dtype in host "
-                         "shared memory, laid out as the gradient buffers")
+        raise ValueError("AscentWorker.read_live: the trainer's flat parameter buffers must be one per dtype, in "
+                         "host shared memory, laid out as the gradient buffers")
     return live
 
 
@@ -379,11 +380,6 @@ class AscentWorker:
         rho: given, the worker delivers the perturbation ``e = rho * g / ||g||`` of Eq. 3 in
             ``grads`` (where ``||g||`` is finite) instead of the gradient g; None: g itself.
             :attr:`AscentResult.grad_norm` is ``||g||`` either way.
-        live: the trainer's own flat parameter buffers (host shared memory, one per dtype, laid out
-            as ``grads``), for the worker to read ``w_t`` from where it lives: the trainer then
-            publishes nothing of the trainable parameters, and writes none of those buffers after a
-            :meth:`submit` before :meth:`await_read` (or the semaphore of :meth:`read_signal`)
-            says that the worker has read them. None: the trainer publishes ``w_t`` by copy.
 
     Example::
 
@@ -395,8 +391,7 @@ class AscentWorker:
     """
 
     def __init__(self, module: nn.Module, grad_params: Sequence[Tensor], device: str, threads: int, capacity: int,
-                 nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None,
-                 live: Sequence[Tensor] | None = None) -> None:
+                 nice: int = 0, cpus: Sequence[int] | None = None, rho: float | None = None) -> None:
         tensors = mirrored_tensors(module)
         by_id = {id(t): name for name, t in tensors.items()}
         missing = [i for i, p in enumerate(grad_params) if id(p) not in by_id]
@@ -409,13 +404,23 @@ class AscentWorker:
         self.weight_names = self.grad_names + tuple(n for n in tensors if n not in trainable)
         self._weight_sources = [tensors[n] for n in self.weight_names]
         self._rest_sources = self._weight_sources[len(self.grad_names):]  # the same list every step (see flat_publisher)
-        with torch.no_grad():
-            self.weights = FlatTensors([t.detach() for t in self._weight_sources])
-            self.grads = (FlatTensors([p.detach() for p in grad_params]), FlatTensors([p.detach() for p in grad_params]))
+        try:
+            with torch.no_grad():
+                self.weights = FlatTensors([t.detach() for t in self._weight_sources])
+                self.grads = (FlatTensors([p.detach() for p in grad_params]),
+                              FlatTensors([p.detach() for p in grad_params]))
+        except RuntimeError as error:
+            if "shared memory" not in str(error):
+                raise
+            raise RuntimeError(
+                f"AsyncSAM: the ascent worker's buffers (about three times the model's size) do not fit in shared "
+                f"memory ({error}). Give it more room: /dev/shm on Linux, 64 MB by default in a Docker container "
+                "(`docker run --shm-size=...`)."
+            ) from error
         self.slot = BatchSlot(capacity)
-        self._live = _check_live(live, self.grads[0]) if live is not None else None
+        self._live: list[Tensor] | None = None
         # Whether the worker reads w_t from the trainer's buffers (an attribute: read every step).
-        self.live = self._live is not None
+        self.live = False
         self._queued: list[tuple[Any, ...]] = []  # messages for the worker, sent with the next step
         # The serialized module travels as shared memory, not inside the pickled process arguments:
         # spawn writes those arguments into a pipe that the child drains only while it imports
@@ -515,6 +520,20 @@ class AscentWorker:
         per dtype (see :meth:`FlatTensors.flat_writer`).
         """
         return self.weights.flat_writer(flats, len(self.grad_names), self._rest_sources, live=self.live)
+
+    def read_live(self, flats: Sequence[Tensor]) -> None:
+        """Read ``w_t`` of the trainable parameters from ``flats``, the trainer's own buffers, from :meth:`start` on.
+
+        ``flats`` are host shared memory, one buffer per dtype laid out as ``grads``. The trainer
+        then publishes nothing of the trainable parameters (:meth:`flat_publisher` writes the rest
+        alone), and writes none of those buffers after a :meth:`submit` before :meth:`await_read`
+        (or the semaphore of :meth:`read_signal`) says that the worker has read them. Call it
+        before :meth:`start`.
+        """
+        if self._process is not None:
+            raise AscentWorkerError("AsyncSAM: read_live() after start()")
+        self._live = _check_live(flats, self.grads[0])
+        self.live = True
 
     def read_signal(self) -> Callable[[bool], bool] | None:
         """With live weights, the bound ``acquire`` of the semaphore that the worker posts once it has read ``w_t``.

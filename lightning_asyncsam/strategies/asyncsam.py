@@ -185,10 +185,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._adaptive_flags = self._asam_flags()
         self._release_flat()
         # On the CPU the buffers get twins: perturb writes w + e there and swaps, restore swaps back
-        # (no pass over the weights), and they live in shared memory, where the worker reads w_t
-        # (no publishing pass either). On a GPU the restore stays a copy: nothing there was measured.
-        on_cpu = self.root_device.type == "cpu"
-        self._flat = FlatParameters(self._params, twins=on_cpu, shared=on_cpu)
+        # (no pass over the weights). On a GPU the restore stays a copy: nothing there was measured.
+        self._flat = FlatParameters(self._params, twins=self.root_device.type == "cpu")
         self._start_worker()
 
     def _start_worker(self) -> None:
@@ -205,13 +203,14 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
                 f"ascent_device={self.ascent_device!r} is not allowed: this machine has {visible} CUDA device(s)"
             )
         main_cores, worker_cores = self._core_split()
-        flat = self._flat
-        # The worker reads w_t where it lives when the perturbed step never writes there (the twins).
-        live = flat.flats if flat is not None and flat.twins else None
         # ASAM's T comes from w_t, which does not exist yet when the worker finishes g_{t-1}: it scales here.
         self.worker = AscentWorker(module, self._params, self.worker_device, self.threads, capacity=1,
-                                   nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho,
-                                   live=live)
+                                   nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho)
+        flat = self._flat
+        # The worker reads w_t where it lives where the perturbed step never writes there (the twins),
+        # once the buffers are in shared memory: after the worker's own, which it cannot do without.
+        if flat is not None and flat.twins and flat.share():
+            self.worker.read_live(flat.flats)
         if self.root_device.type == "cuda":
             self.worker.weights.pin(self.root_device)
             first, second = self.worker.grads
