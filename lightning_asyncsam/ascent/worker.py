@@ -99,7 +99,7 @@ times every override that Lightning calls per batch (``training_step``, ``post_b
 excluded; benchmarks/overhead.py checks it against the difference to SGD, side by side, and
 benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
 on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.13-0.20 ms per
-step over 12 interleaved repetitions, 2.8-3.3% of SGD's step (which took 4.3-7.0 ms), the logging
+step over 12 interleaved repetitions, 2.8-3.4% of SGD's step (which took 4.3-7.0 ms), the logging
 steps' share included (about 0.1 ms each, four in an epoch of 45 steps: an epoch's last step logs
 only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
 writer is built once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound
