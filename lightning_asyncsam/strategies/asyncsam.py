@@ -207,8 +207,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.worker = AscentWorker(module, self._params, self.worker_device, self.threads, capacity=1,
                                    nice=self.ascent_nice, cpus=worker_cores, rho=None if self.adaptive else self.rho)
         flat = self._flat
-        # The worker reads w_t where it lives where the perturbed step never writes there (the twins),
-        # once the buffers are in shared memory: after the worker's own, which it cannot do without.
+        # With twins the perturbed step never writes w_t's buffers, so the worker can read w_t in place
+        # once they are in shared memory. They move there after the worker's own buffers, which it
+        # cannot do without; where there is no room left, w_t is published as before.
         if flat is not None and flat.twins and flat.share():
             self.worker.read_live(flat.flats)
         if self.root_device.type == "cuda":
