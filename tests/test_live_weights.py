@@ -205,3 +205,34 @@ def test_a_cpu_fit_reads_live_weights_and_takes_the_read_before_every_update() -
     t.fit(TinyClassifier(), loader(make_data(n=64, dtype=torch.float32), 8))
     assert len(seen["taken"]) == 8
     assert all(seen["live"]) and all(seen["taken"]) and all(seen["untouched"]), seen
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_reads_the_live_buffers_too(monkeypatch) -> None:
+    """Under spawn the buffers cross as shared-memory handles (fork inherits the mapping): the same reads."""
+    from lightning_asyncsam.ascent import launch
+
+    monkeypatch.setattr(launch, "fork_is_safe", lambda: False)
+    model = TinyClassifier()
+    worker, flat, params = _live_worker(model)
+    try:
+        worker.start()
+        assert worker.start_method == "spawn"
+        with torch.no_grad():
+            params[0].add_(0.5)  # after start(): the worker must see this, read where it lives
+        w_t = [p.detach().clone() for p in params]
+        worker.submit(0, _batch(), 4, batch_idx=0)
+        worker.await_read(timeout=120)
+        with torch.no_grad():
+            for p in params:
+                p.zero_()
+        worker.collect(timeout=120)
+        with torch.no_grad():
+            for p, w in zip(params, w_t):
+                p.copy_(w)
+        x, y = _batch(4)
+        want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[0].views(), want))
+    finally:
+        worker.close()
+        flat.release()
