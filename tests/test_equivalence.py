@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import lightning as L
 import pytest
 
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
@@ -35,6 +36,22 @@ def test_asyncsam_matches_algorithm_1(optimizer: str, ascent_batch_size: int, as
                                 ascent_data=ascent_data), optimizer)
     net, opt = _reference_net(optimizer)
     want = reference_asyncsam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, ascent_batch_size, ascent_data)
+    assert_trajectories_close(got, want)
+
+
+@pytest.mark.parametrize("ascent_batch_size", [B, B // 4])
+def test_asyncsam_matches_algorithm_1_with_lent_batches(ascent_batch_size: int) -> None:
+    """No precision hook: the worker reads each next step's batch from the trainer's memory (lent_batch)."""
+    lent: list[int] = []
+
+    class Lent(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            lent.append(trainer.strategy.worker.slot.lent)
+
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=ascent_batch_size, ascent_threads=1), "sgd",
+               precision="32-true", callbacks=[Lent()])
+    assert sum(1 for n in lent if n) == EPOCHS * (48 // B - 1) - 1  # all but each epoch's last and the layout's
+    want = reference_asyncsam(*_reference_net("sgd"), epochs_of(make_data(), B, EPOCHS), RHO, ascent_batch_size, "next")
     assert_trajectories_close(got, want)
 
 

@@ -194,7 +194,7 @@ def test_the_mailbox_orders_steps_and_results_across_processes() -> None:
 def _echo(box: Mailbox, steps: int) -> None:
     for _ in range(steps):
         assert box.wait_step(spin_s=0.001, alive=lambda: True)
-        step, n, batch_idx, _ = box.step()
+        step, n, batch_idx, _, _ = box.step()
         box.post_result(step, float(batch_idx), float(n), n)
     assert box.wait_step(spin_s=0.0, alive=lambda: True) and box.step()[0] < 0
 

@@ -87,12 +87,17 @@ class Recorder(L.Callback):
 
 
 def fit_float64(strategy, optimizer: str = "sgd", accumulate: int = 1, epochs: int = 4, batch_size: int = 8,
-                module: Callable[[str], L.LightningModule] = TinyClassifier, **trainer_kwargs) -> list[list[Tensor]]:
-    """Fit ``module(optimizer)`` in float64 on ``make_data()``; the weights after every optimizer step."""
+                module: Callable[[str], L.LightningModule] = TinyClassifier, precision: str = "64-true",
+                **trainer_kwargs) -> list[list[Tensor]]:
+    """Fit ``module(optimizer)`` in float64 on ``make_data()``; the weights after every optimizer step.
+
+    ``precision="32-true"`` leaves the float64 model and data as they are, with no precision hook
+    between the loader and the step (as a float32 fit has: the next step's batch may then be lent).
+    """
     model = in_float64(lambda: module(optimizer))
     rec = Recorder()
     callbacks = [rec, *trainer_kwargs.pop("callbacks", [])]
-    t = trainer(strategy, max_epochs=epochs, precision="64-true", callbacks=callbacks, accumulate_grad_batches=accumulate,
+    t = trainer(strategy, max_epochs=epochs, precision=precision, callbacks=callbacks, accumulate_grad_batches=accumulate,
                 **trainer_kwargs)
     t.fit(model, loader(make_data(), batch_size))
     return rec.steps

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
+from lightning_asyncsam.ascent.lent_batch import LendingDesk, lendable_now
+
 
 REST_REFRESH_STEPS = 50  # flat_writer writes the unchanged rest at least this often (see there)
 # A batch of at most this many bytes is copied into the slot whole when the worker needs only its
@@ -351,6 +353,12 @@ class BatchSlot:
     keeps that path too. Where b' < b and the batch is small (:data:`WHOLE_COPY_BYTES`), the whole
     batch is copied, not a slice of each leaf: the worker reads the first :attr:`n` rows either way.
 
+    A batch may also be *lent* (``write(..., lend=True)``, where :attr:`desk` is set): its tensors'
+    addresses go to the worker, which reads their rows into the buffers itself, and the trainer
+    copies nothing (:mod:`lightning_asyncsam.ascent.lent_batch`; :attr:`lent` says how many
+    tensors). Only a batch shaped like the last, every leaf a contiguous CPU tensor of a real dtype
+    with a buffer, is lent; any other is copied.
+
     Args:
         capacity: the number of samples to make room for at first; it grows to the largest batch seen
             (the descent batch size b), so a changing b' never reallocates.
@@ -384,6 +392,11 @@ class BatchSlot:
         self.size = 0  # samples in the batch last written
         self.n = 0     # samples of it copied: min(n, size)
         self.constants_changed = False  # the last write kept the layout but changed its non-buffer leaves
+        # Where the worker can read the trainer's memory: the shared addresses of a lent batch (set
+        # by the AscentWorker); None: every batch is copied. lent: the tensors the last write lent.
+        self.desk: LendingDesk | None = None
+        self.lent = 0
+        self._lend_layout = False  # the last layout can be lent: every leaf a batched tensor of a real dtype
 
     @staticmethod
     def _flatten(batch: Any) -> tuple[list[Any], Any]:
@@ -408,13 +421,20 @@ class BatchSlot:
             "AsyncSAM could not find the batch size: the training batch has no tensor with a batch dimension"
         )
 
-    def write(self, batch: Any, n: int) -> bool:
-        """Copy the first ``n`` samples of ``batch`` into the buffers (all of them if it has fewer).
+    def write(self, batch: Any, n: int, lend: bool = False) -> bool:
+        """Copy the first ``n`` samples of ``batch`` into the buffers (all of them if it has fewer), or lend them.
+
+        Args:
+            batch: the batch.
+            n: the samples the worker reads.
+            lend: lend the batch where it can (see the class's docstring): the caller then keeps
+                it alive, unchanged, until the worker has read it.
 
         Returns:
             True when the layout changed, so that the caller must send ``self.layout`` to the worker.
         """
         self.constants_changed = False
+        self.lent = 0
         kind = type(batch)
         keys = None
         if kind is tuple or kind is list:
@@ -437,6 +457,12 @@ class BatchSlot:
                 except AttributeError:  # a leaf that is not a tensor
                     same = False
                 if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
+                    desk = self.desk
+                    if lend and desk is not None and self._lend_layout and len(plain) <= desk.slots \
+                            and lendable_now(plain):
+                        desk.write(plain)  # the worker reads the first n rows of each, from these addresses
+                        self.lent = len(plain)
+                        return False
                     rows, size = self.n, self.size
                     if rows == size:
                         list(map(Tensor.copy_, self._targets, plain))
@@ -496,6 +522,7 @@ class BatchSlot:
             metas = ([(x.dtype, x.shape, False) for x in plain] if batched else
                      [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain])
             self._last = (kind, requested, size, metas, keys, batched)
+            self._lend_layout = batched and not any(x.dtype.is_complex for x in plain)
         self._sized(size, n)
         return changed
 

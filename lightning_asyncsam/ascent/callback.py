@@ -66,6 +66,7 @@ class AscentHost(Protocol):
     ascent_data: str
     worker_device: str
     cpu_batch: Any
+    plain_transfer: bool | None
     direction: Sequence[Tensor] | None
     _direction_flats: list[Tensor]
     _params: list[Tensor]
@@ -194,7 +195,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         strategy.publish(worker)
         if self._on_cuda or not worker.booted:
             self._before_submit(strategy, worker)
-        worker.submit(step, ascent_batch, n, batch_idx)
+        # The next step's own batch is lent: nothing touches it before that step collects this one.
+        worker.submit(step, ascent_batch, n, batch_idx, upcoming is not None and strategy.plain_transfer is True)
         slot = worker.slot
         if slot.size > b:
             self._full_batch = slot.size

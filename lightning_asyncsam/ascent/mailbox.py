@@ -1,6 +1,7 @@
 """The per-step hand-shake between the trainer and the ascent worker: a few shared numbers and two semaphores.
 
-A step's control message is four numbers each way. Sent through a pipe, each costs a system call
+A step's control message is five numbers one way (with the addresses of a lent batch's tensors
+beside them, :mod:`lightning_asyncsam.ascent.lent_batch`) and four the other. Sent through a pipe, each costs a system call
 on both sides, and the trainer's write also wakes the sleeping worker: on this project's 2-core
 VM a pipe ``send`` that wakes the other process cost the trainer's thread about 30 microseconds
 in the middle of a training step (an inter-processor interrupt, a VM exit), against 2 in a tight
@@ -35,7 +36,7 @@ Example::
     >>> box = Mailbox(mp.get_context("fork"))
     >>> box.post_step(step=3, n=8, batch_idx=0, messages=0)
     >>> box.wait_step(spin_s=0.0, alive=lambda: True), box.step()
-    (True, (3, 8, 0, 0))
+    (True, (3, 8, 0, 0, 0))
     >>> box.post_result(step=3, ascent_ms=1.5, grad_norm=2.0, samples=8)
     >>> box.take_result(timeout=0.0), box.result()
     (True, (3, 1.5, 2.0, 8))
@@ -51,6 +52,10 @@ from typing import Any
 
 import torch
 
+from lightning_asyncsam.ascent.lent_batch import LendingDesk
+
+_NUMBERS = 9  # the step's five (step, n, batch_idx, messages, lent), then the result's four
+
 SPIN_MAX_S = 0.01
 NAP_S = 5e-5
 _BLOCK_S = 0.5  # how long the worker blocks before it checks that its parent is alive
@@ -58,7 +63,7 @@ _STOP = -1
 
 
 class Mailbox:
-    """Four numbers each way in shared memory, and a semaphore each way that says they are there.
+    """A step's numbers each way in shared memory, and a semaphore each way that says they are there.
 
     Created in the main process before the worker starts (with the worker's multiprocessing
     context) and handed to it as a ``Process`` argument: the numbers travel as a shared tensor,
@@ -69,15 +74,16 @@ class Mailbox:
     """
 
     def __init__(self, ctx: BaseContext) -> None:
-        self._shared = torch.zeros(8, dtype=torch.float64).share_memory_()
+        self._shared = torch.zeros(_NUMBERS, dtype=torch.float64).share_memory_()
         self.work = ctx.Semaphore(0)  # the trainer posted a step (or a stop)
         self.done = ctx.Semaphore(0)  # the worker posted a result (or sent an error through the pipe)
         self.read = ctx.Semaphore(0)  # the worker has read w_t from the trainer's live buffers (or failed)
         self._slots = _numbers(self._shared)
         self.posted = _result_numbers(self._shared)  # the last result's numbers, as floats (see result())
+        self.desk = LendingDesk()  # the addresses of a lent batch's tensors (see post_step)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_shared": self._shared, "work": self.work, "done": self.done, "read": self.read}
+        return {"_shared": self._shared, "work": self.work, "done": self.done, "read": self.read, "desk": self.desk}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -85,9 +91,13 @@ class Mailbox:
         self.posted = _result_numbers(self._shared)
 
     # ----------------------------------------------------------------- the trainer's side
-    def post_step(self, step: int, n: int, batch_idx: int, messages: int) -> None:
-        """Start ``step`` on the first ``n`` samples of the batch slot, after ``messages`` pipe messages."""
-        self._slots[0:4] = (step, n, batch_idx, messages)  # one call: each element's write is another
+    def post_step(self, step: int, n: int, batch_idx: int, messages: int, lent: int = 0) -> None:
+        """Start ``step`` on the first ``n`` samples of the batch, after ``messages`` pipe messages.
+
+        ``lent``: how many tensors the worker reads from the trainer's memory, at the addresses in
+        :attr:`desk`, into the batch slot (0: the trainer filled the slot).
+        """
+        self._slots[0:5] = (step, n, batch_idx, messages, lent)  # one call: each element's write is another
         self.work.release()
 
     def post_stop(self, messages: int) -> None:
@@ -125,14 +135,13 @@ class Mailbox:
                 return False
         return True
 
-    def step(self) -> tuple[int, int, int, int]:
-        """``(step, n, batch_idx, messages)`` of the step last posted; a negative step means stop."""
+    def step(self) -> tuple[int, int, int, int, int]:
+        """``(step, n, batch_idx, messages, lent)`` of the step last posted; a negative step means stop."""
         s = self._slots
-        return int(s[0]), int(s[1]), int(s[2]), int(s[3])
+        return int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4])
 
     def post_result(self, step: int, ascent_ms: float, grad_norm: float, samples: int) -> None:
-        s = self._slots
-        s[4], s[5], s[6], s[7] = step, ascent_ms, grad_norm, samples
+        self._slots[5:9] = (step, ascent_ms, grad_norm, samples)
         self.done.release()
 
     def wake(self) -> None:
@@ -144,13 +153,13 @@ class Mailbox:
 def _numbers(shared: torch.Tensor) -> Any:
     # A ctypes view of the shared tensor: a number costs ~0.1 microseconds to read or write, a
     # tensor element several.
-    return (ctypes.c_double * 8).from_address(shared.data_ptr())
+    return (ctypes.c_double * _NUMBERS).from_address(shared.data_ptr())
 
 
 def _result_numbers(shared: torch.Tensor) -> Any:
     # The result's four numbers alone, (step, ascent_ms, grad_norm, samples): ``posted[:]`` reads
     # them in one C call, for a reader (AscentWorker.take) that runs mid-step and wants no frame.
-    return (ctypes.c_double * 4).from_address(shared.data_ptr() + 4 * shared.element_size())
+    return (ctypes.c_double * 4).from_address(shared.data_ptr() + 5 * shared.element_size())
 
 
 def spin_budget(previous: float, wait_s: float) -> float:

@@ -141,8 +141,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_asyncsam.ascent import lent_batch
 from lightning_asyncsam.ascent.buffers import BatchSlot, FlatTensors
 from lightning_asyncsam.ascent.hyperparameters import SharedHyperparameters
+from lightning_asyncsam.ascent.lent_batch import BatchPuller, probe
 from lightning_asyncsam.ascent.shared_object import SharedObject
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
 from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
@@ -180,6 +182,9 @@ class WorkerSpec:
     cpus: tuple[int, ...] | None = None
     start_method: str = "spawn"
     rho: float | None = None  # set: the worker delivers e = rho g / ||g|| (Eq. 3) instead of g
+    # The trainer's pid, and the address and bytes of a buffer of its own that the worker reads at
+    # start-up to learn whether it can read lent batches (lent_batch.probe); None: never lent.
+    lender: tuple[int, int, bytes] | None = None
 
 
 _new_tuple = tuple.__new__  # a named tuple from its fields without its Python-level __new__
@@ -275,16 +280,17 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             p.requires_grad_(id(p) in wanted)
         io = ReplicaIO(mirror, trainable, weights, grads[0], live=live)
         reader = BatchReader()
+        puller = BatchPuller(spec.lender[0]) if spec.lender is not None and probe(*spec.lender) else None
         layout = None
         parent = mp.parent_process()
         alive = (lambda: parent.is_alive()) if parent is not None else (lambda: True)
-        conn.send(("ready", os.getpid(), torch.cuda.is_initialized()))
+        conn.send(("ready", os.getpid(), torch.cuda.is_initialized(), puller is not None))
         spin_s, delivered = SPIN_MAX_S / 10, time.perf_counter()
         while True:
             if not mailbox.wait_step(spin_s, alive):
                 return  # the trainer is gone
             spin_s = spin_budget(spin_s, time.perf_counter() - delivered)
-            step, n, batch_idx, messages = mailbox.step()
+            step, n, batch_idx, messages, lent = mailbox.step()
             for _ in range(messages):  # what the trainer sent through the pipe before this step
                 msg = conn.recv()
                 if msg[0] == "stop":
@@ -314,6 +320,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
             io.load(weights)
             if io.live:  # the trainer may write its buffers again (after this step's backward)
                 mailbox.read.release()
+            if lent:  # the trainer keeps the batch until it has this step's result
+                puller.pull(layout[2], n, mailbox.desk)  # type: ignore[union-attr,index]
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
             io.zero_grads()
             loss = ascent_loss(module, batch, batch_idx)
@@ -418,6 +426,12 @@ class AscentWorker:
                 "(`docker run --shm-size=...`)."
             ) from error
         self.slot = BatchSlot(capacity)
+        # A lent batch (see submit), held until the next submission: the worker reads it before it
+        # computes, and the trainer collects that result first. _probe: what the worker reads at
+        # start-up to learn whether it can; _reader: the worker's pid, while it holds that right.
+        self._lent: Any = None
+        self._probe: Tensor | None = None
+        self._reader: int | None = None
         self._live: list[Tensor] | None = None
         # Whether the worker reads w_t from the trainer's buffers (an attribute: read every step).
         self.live = False
@@ -476,9 +490,14 @@ class AscentWorker:
         self._hyperparameters = SharedHyperparameters()
         self._constants = SharedObject()
         self._result_posted = False
+        self.slot.desk, lender = None, None
+        if lent_batch.available():
+            self._probe = torch.frombuffer(bytearray(os.urandom(16)), dtype=torch.uint8)  # private memory
+            lender = (os.getpid(), self._probe.data_ptr(), self._probe.numpy().tobytes())
         self._process = ctx.Process(
             target=_worker_main,
-            args=(child_conn, replace(self._spec, start_method=self.start_method), self.weights, self.grads,
+            args=(child_conn, replace(self._spec, start_method=self.start_method, lender=lender), self.weights,
+                  self.grads,
                   self._mailbox, self._hyperparameters, self._constants, self._live if self.live else None),
             name="asyncsam-ascent-worker",
             daemon=True,
@@ -490,6 +509,9 @@ class AscentWorker:
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
             self._process.start()
         child_conn.close()
+        pid = self._process.pid
+        if lender is not None and pid is not None and lent_batch.allow_reader(pid):  # before its probe
+            self._reader = pid
         self.booted = False
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -501,6 +523,8 @@ class AscentWorker:
             raise AscentWorkerError(f"AsyncSAM ascent worker sent {msg[0]!r} instead of 'ready'")
         self.booted = True
         self.cuda_initialized = bool(msg[2])
+        if len(msg) > 3 and msg[3]:  # it can read the trainer's memory: batches may be lent
+            self.slot.desk = self._require_mailbox().desk
 
     def publish(self, weights: Sequence[Tensor] | None = None) -> None:
         """Copy the current weights and buffers into shared memory (``w_t``).
@@ -570,10 +594,21 @@ class AscentWorker:
         index = {name: i for i, name in enumerate(self.weight_names)}
         return [views[index[name]] for name in self.grad_names]
 
-    def submit(self, step: int, batch: Any, n: int, batch_idx: int) -> None:
+    def submit(self, step: int, batch: Any, n: int, batch_idx: int, lend: bool = False) -> None:
         """Hand the worker its ascent batch (the first ``n`` samples of ``batch``, all if it has fewer) and start ``step``.
 
         Call :meth:`publish` first: the worker reads the weights as soon as this returns.
+
+        Args:
+            step: the optimizer step.
+            batch: the ascent batch.
+            n: b'.
+            batch_idx: the batch's index in the epoch.
+            lend: the caller changes nothing in ``batch`` before it has collected this step's
+                result (the next step's batch, ``ascent_data="next"``): where the worker can, it
+                reads the batch from the trainer's memory and the trainer copies nothing
+                (:mod:`lightning_asyncsam.ascent.lent_batch`). The batch is held until the next
+                submission.
         """
         if self.in_flight is not None:
             raise AscentWorkerError(f"AsyncSAM: step {step} submitted while step {self.in_flight} is in flight")
@@ -585,7 +620,7 @@ class AscentWorker:
         try:
             if self._queued:
                 messages = self._send_queued(conn)
-            if self.slot.write(batch, n):
+            if self.slot.write(batch, n, lend):
                 conn.send(("layout", self.slot.layout))
                 messages += 1
             elif self.slot.constants_changed and not self._constants.put(self.slot.layout[1]):  # type: ignore[index]
@@ -597,7 +632,9 @@ class AscentWorker:
         except (OSError, ValueError):
             self.in_flight = step
             self._recv(timeout=5.0, what=f"step {step} to be accepted")  # raises, naming the exit code
-        self._mailbox.post_step(step, self.slot.n, batch_idx, messages)  # type: ignore[union-attr]
+        lent = self.slot.lent
+        self._lent = batch if lent else None
+        self._mailbox.post_step(step, self.slot.n, batch_idx, messages, lent)  # type: ignore[union-attr]
         self.in_flight = step
 
     def _send_queued(self, conn: Connection) -> int:
@@ -781,6 +818,11 @@ class AscentWorker:
             proc.close() if not proc.is_alive() else None
         if conn is not None:
             conn.close()
+        if self._reader is not None:  # stopped: it reads nothing more, and its pid may be reused
+            lent_batch.revoke_reader(self._reader)
+            self._reader = None
+        self._lent = self._probe = None
+        self.slot.desk = None
         self.weights.unpin()
         for g in self.grads:
             g.unpin()

@@ -129,7 +129,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.cpu_batch: Any = None
         self.lookahead: LookaheadLoader | None = None
         self._sync: AsyncSAMCallback | None = None
-        self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
+        # The host batch needs no hook before the transfer (None: not known yet): then the next step's
+        # batch stays untouched until that step, so it can be lent to the worker (see next_step_batch).
+        self.plain_transfer: bool | None = None
         self._step_counter: Callable[[], int] | None = None  # trainer.global_step, see optimizer_step_counter
         self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
         self._flat: FlatParameters | None = None     # the trainable parameters in one buffer per dtype, during a fit
@@ -175,7 +177,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
-            self._plain_transfer = None
+            self.plain_transfer = None
             self._step_counter = None  # made at this fit's first step
             self._lay_out_params()
 
@@ -315,7 +317,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     def next_step_batch(self) -> Any:
         """The first micro-batch of the next optimizer step, as the training loop will see it on the host.
 
-        None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`).
+        None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`). Where
+        :attr:`plain_transfer`, it is the loop's own batch, which nothing touches before that step.
         """
         lookahead = self.lookahead
         if lookahead is None:
@@ -325,15 +328,15 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         upcoming = lookahead.upcoming  # lookahead.peek(k), without its frame: this runs at every step
         if k > len(upcoming):
             return None
-        if self._plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
+        if self.plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
             return upcoming[k - 1]
         return self._as_transferred(trainer, upcoming[k - 1])  # type: ignore[arg-type]
 
     def _as_transferred(self, trainer: "pl.Trainer", raw: Any) -> Any:
         """``raw`` as the training loop will hand it to ``batch_to_device`` (its precision cast and transfer hook)."""
-        if self._plain_transfer is None:
-            self._plain_transfer = _plain_transfer(trainer)
-            if self._plain_transfer:
+        if self.plain_transfer is None:
+            self.plain_transfer = _plain_transfer(trainer)
+            if self.plain_transfer:
                 return raw
         batch = trainer.precision_plugin.convert_input(raw)
         return self._lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]

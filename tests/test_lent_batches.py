@@ -1,0 +1,210 @@
+"""Lent batches (issue 11): the worker reads the next step's batch from the trainer's memory, and the trainer
+copies nothing, holds the batch until the worker has used it, and copies where the worker cannot read."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import lightning as L
+from lightning_asyncsam import AsyncSAMStrategy
+from lightning_asyncsam.ascent import lent_batch
+from lightning_asyncsam.ascent import worker as worker_module
+from lightning_asyncsam.ascent.buffers import BatchSlot
+from lightning_asyncsam.ascent.lent_batch import BatchPuller, LendingDesk
+from lightning_asyncsam.ascent.worker import AscentWorker
+from tiny import TinyClassifier, loader, make_data, trainer
+
+pytestmark = pytest.mark.skipif(not lent_batch.available(), reason="process_vm_readv is Linux's")
+
+
+def _batches(count: int, n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` different batches (a worker that read the wrong one would give another gradient)."""
+    x, y = make_data(n=count * n, dtype=torch.float32).tensors
+    return [(x[i * n:(i + 1) * n].clone(), y[i * n:(i + 1) * n].clone()) for i in range(count)]
+
+
+def _want(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, ...]:
+    x, y = batch
+    return torch.autograd.grad(F.cross_entropy(model(x[:n]), y[:n]), list(model.parameters()))
+
+
+def _run(worker: AscentWorker, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], n: int,
+         lend: bool = True) -> list[int]:
+    """Each batch as one ascent step; checks each gradient, returns how many tensors each step lent."""
+    lent = []
+    for step, batch in enumerate(batches):
+        worker.publish()
+        worker.submit(step, batch, n, batch_idx=step, lend=lend)
+        lent.append(worker.slot.lent)
+        worker.collect(timeout=30)
+        got = worker.grads[step % 2].views()
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, _want(model, batch, n))), step
+    return lent
+
+
+def test_a_lent_batch_gives_the_gradient_of_the_batch_and_the_trainer_copies_nothing(monkeypatch) -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    batches = _batches(3)
+    sources = {id(t): i for i, batch in enumerate(batches) for t in batch}
+    copied: list[int] = []
+    copy = torch.Tensor.copy_
+
+    def recording(self: torch.Tensor, src: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if id(src) in sources:
+            copied.append(sources[id(src)])
+        return copy(self, src, *args, **kwargs)
+
+    try:
+        worker.start()
+        worker.wait_ready(timeout=60)
+        assert worker.slot.desk is not None  # the worker could read this process's memory
+        monkeypatch.setattr(torch.Tensor, "copy_", recording)
+        # The first batch sets the layout (copied); the others are lent, b' = b and b' < b.
+        assert _run(worker, model, batches, n=8) == [0, 2, 2]
+        monkeypatch.setattr(torch.Tensor, "copy_", copy)
+        assert _run(worker, model, _batches(3), n=5)[1:] == [2, 2]
+    finally:
+        worker.close()
+    assert copied == [0, 0]  # the first batch's two tensors, into the slot; the lent ones, none
+
+
+def test_the_trainer_holds_a_lent_batch_until_its_next_submission_and_the_close() -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    first, second, third = _batches(3)
+    try:
+        worker.start()
+        _run(worker, model, [first], n=8)  # the layout
+        ref = weakref.ref(second[0])
+        worker.publish()
+        worker.submit(1, second, 8, batch_idx=1, lend=True)
+        assert worker.slot.lent == 2
+        del second
+        gc.collect()
+        assert ref() is not None  # held while the worker may still read it
+        worker.collect(timeout=30)
+        worker.publish()
+        worker.submit(2, third, 8, batch_idx=2, lend=True)
+        gc.collect()
+        assert ref() is None  # its result was collected: released at the next submission
+        worker.collect(timeout=30)
+        held = weakref.ref(third[0])
+        del third
+    finally:
+        worker.close()
+    gc.collect()
+    assert held() is None
+
+
+@pytest.mark.parametrize("kind", ["strided", "not asked", "complex"])
+def test_batches_that_cannot_be_lent_are_copied(kind: str) -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    batches = _batches(3)
+    if kind == "strided":  # the same values, laid out with a stride: its rows are no prefix of its memory
+        batches = [(x.t().contiguous().t(), y) for x, y in batches]
+        assert not batches[1][0].is_contiguous()
+    try:
+        worker.start()
+        if kind == "complex":
+            slot = worker.slot
+            worker.wait_ready(timeout=60)
+            z = [(torch.zeros(8, 2, dtype=torch.complex64), torch.zeros(8)) for _ in range(2)]
+            for batch in z:  # the layout, then a batch shaped like it
+                slot.write(batch, 8, lend=True)
+                assert slot.lent == 0
+            return
+        assert _run(worker, model, batches, n=8, lend=kind != "not asked") == [0, 0, 0]
+    finally:
+        worker.close()
+
+
+def test_where_the_worker_cannot_read_the_trainer_copies(monkeypatch) -> None:
+    """A failed start-up probe (Yama's stricter scopes, a seccomp profile, another OS): the batches are copied."""
+    monkeypatch.setattr(worker_module, "probe", lambda *args: False)  # the forked worker inherits it
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    try:
+        worker.start()
+        assert _run(worker, model, _batches(3), n=8) == [0, 0, 0]
+        assert worker.slot.desk is None
+    finally:
+        worker.close()
+
+
+def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch) -> None:
+    lent: list[int] = []
+    write = BatchSlot.write
+
+    def counting(self: BatchSlot, batch: object, n: int, lend: bool = False) -> bool:
+        changed = write(self, batch, n, lend)
+        lent.append(self.lent)
+        return changed
+
+    monkeypatch.setattr(BatchSlot, "write", counting)
+    data = make_data(n=32, dtype=torch.float32)
+    model = TinyClassifier()
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2).fit(model, loader(data, 8))
+    # Per epoch of 4 steps: the last takes the epoch's own batch (no next one), the fit's first write sets the layout.
+    assert lent == [0, 2, 2, 0, 2, 2, 2, 0]
+    monkeypatch.setattr(worker_module, "probe", lambda *args: False)
+    copied = TinyClassifier()
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2).fit(copied, loader(data, 8))
+    assert lent[8:] == [0] * 8
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
+
+
+def test_a_batch_with_transfer_hooks_is_not_lent(monkeypatch) -> None:
+    """A hook may change the raw batch in place when the loop transfers it: the worker gets a copy made before."""
+    lent: list[int] = []
+    write = BatchSlot.write
+
+    def counting(self: BatchSlot, batch: object, n: int, lend: bool = False) -> bool:
+        changed = write(self, batch, n, lend)
+        lent.append(self.lent)
+        return changed
+
+    monkeypatch.setattr(BatchSlot, "write", counting)
+
+    class Hooked(TinyClassifier):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            return batch
+
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1).fit(
+        Hooked(), loader(make_data(n=32, dtype=torch.float32), 8))
+    assert lent and not any(lent)
+
+
+def test_a_failed_read_names_the_call_and_the_trainer() -> None:
+    buffers = [torch.zeros(4, 2)]
+    desk = LendingDesk(slots=2)
+    desk._addresses[0] = 8  # no mapping there
+    with pytest.raises(OSError, match=rf"process_vm_readv.*pid {os.getpid()}|pid {os.getpid()}.*process_vm_readv"):
+        BatchPuller(os.getpid()).pull(buffers, 4, desk)
+
+
+def test_one_worker_at_a_time_holds_the_right_to_read() -> None:
+    assert lent_batch.allow_reader(123456)
+    try:
+        assert not lent_batch.allow_reader(123457)  # the first one's reads would fail under Yama
+        assert lent_batch.allow_reader(123456)
+        lent_batch.revoke_reader(123457)  # not its right: nothing changes
+        assert not lent_batch.allow_reader(123457)
+    finally:
+        lent_batch.revoke_reader(123456)
+    assert lent_batch.allow_reader(123457)
+    lent_batch.revoke_reader(123457)
+
+
+def test_the_probe_tells_a_readable_buffer_from_a_wrong_one() -> None:
+    buf = torch.frombuffer(bytearray(b"asyncsam-probe!!"), dtype=torch.uint8)
+    assert lent_batch.probe(os.getpid(), buf.data_ptr(), b"asyncsam-probe!!")
+    assert not lent_batch.probe(os.getpid(), buf.data_ptr(), b"something else!!")
+    assert not lent_batch.probe(os.getpid(), 8, b"unmapped")
