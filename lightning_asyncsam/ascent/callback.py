@@ -124,7 +124,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._ascent_ms: float | None = None
         self._grad_norm: float | None = None
         self._n = 0.0
-        self._cos: Tensor | float | None = None  # on a logging step only
+        self._cos: float | None = None  # on a logging step only
         self._e_norm: float | None = None  # ||e|| of this step's direction where the worker's ||g|| gives it
         # A fixed b' (int or fraction) for a given b, as computed last: (b' as asked, b, the b' it gave).
         self._sized: tuple[Any, int, int] | None = None
@@ -325,7 +325,7 @@ class AsyncSAMCallback(BatchFreeCallback):
                 return
         pairs = [(d, g) for d, g in zip(direction, grads) if g is not None]
         if pairs:
-            self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs])
+            self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs]).item()
 
     def end_step(self, trainer: "pl.Trainer", strategy: AscentHost) -> None:
         """After the optimizer step: account the step's cost, and hand the diagnostics to the loggers on a logging step.
@@ -349,10 +349,13 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._window_ms, self._window_steps = 0.0, 0
         publish_metrics(trainer, self.metrics)
 
-    def _values(self) -> dict[str, Any]:
-        values: dict[str, Any] = {
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest ``asyncsam/*`` diagnostics, also on steps that do not log (``overhead_ms``: as last logged)."""
+        # Built as floats in one dict: on a logging step each extra pass costs microseconds, mid-step.
+        values = {
             "asyncsam/wait_ms": self._wait_ms,
-            "asyncsam/ascent_batch_size": self._n,
+            "asyncsam/ascent_batch_size": float(self._n),
             "asyncsam/overhead_ms": self._overhead_ms,
             "asyncsam/perturb_ms": self._perturb_ms,
             "asyncsam/skipped_ascents": float(self.skipped_ascents),
@@ -363,11 +366,6 @@ class AsyncSAMCallback(BatchFreeCallback):
         if self._cos is not None and self.log_step:
             values["asyncsam/cos_sim"] = self._cos
         return values
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The latest ``asyncsam/*`` diagnostics, also on steps that do not log (``overhead_ms``: as last logged)."""
-        return {k: float(v) for k, v in self._values().items()}
 
     # ----------------------------------------------------------------- end of training, checkpoints
     def _hold_in_flight(self, trainer: "pl.Trainer") -> None:
