@@ -208,3 +208,20 @@ def test_the_probe_tells_a_readable_buffer_from_a_wrong_one() -> None:
     assert lent_batch.probe(os.getpid(), buf.data_ptr(), b"asyncsam-probe!!")
     assert not lent_batch.probe(os.getpid(), buf.data_ptr(), b"something else!!")
     assert not lent_batch.probe(os.getpid(), 8, b"unmapped")
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_reads_lent_batches_too(monkeypatch) -> None:
+    """A fresh interpreter, not a fork of the trainer: it reads the trainer's memory by pid all the same."""
+    from lightning_asyncsam.ascent import launch
+
+    monkeypatch.setattr(launch, "fork_is_safe", lambda: False)
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    try:
+        worker.start()
+        assert worker.start_method == "spawn"
+        worker.wait_ready(timeout=120)
+        assert _run(worker, model, _batches(3), n=8) == [0, 2, 2]
+    finally:
+        worker.close()

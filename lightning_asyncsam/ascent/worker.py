@@ -50,10 +50,11 @@ The contract, which the tests check:
    workers, the OS, other jobs) it is the worker that waits, and "auto" shrinks b' if it must.
    Given cores (``cpus``), it runs on those alone (see :mod:`lightning_asyncsam.ascent.affinity`).
 
-Per step nothing crosses the pipe: four numbers cross each way through shared memory, signalled
-by two semaphores, and a third where the worker reads the live weights
+Per step nothing crosses the pipe: five numbers cross to the worker and four back through shared
+memory, signalled by two semaphores, and a third where the worker reads the live weights
 (:mod:`lightning_asyncsam.ascent.mailbox`), and the tensors move through shared
-buffers (:mod:`lightning_asyncsam.ascent.buffers`), as do the numbers of a scheduler's step
+buffers (:mod:`lightning_asyncsam.ascent.buffers`), or, for the next step's batch, straight from the
+trainer's memory (:mod:`lightning_asyncsam.ascent.lent_batch`), as do the numbers of a scheduler's step
 (:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
 layout when it changes, a batch's new non-tensor leaves where they exceed a 64 KB shared buffer
 (:mod:`lightning_asyncsam.ascent.shared_object`), the trainer stand-in's other changes (a new param
@@ -76,13 +77,18 @@ which a training-mode forward never reads, are not mirrored, :mod:`lightning_asy
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
 ``FlatTensors.flat_writer``, which on a CPU writes only those);
-one copy per batch tensor into the batch slot (of the whole batch where b' < b and it is small,
-so that no leaf is sliced; no pytree walk, no key built, for a tensor or a tuple, list or dict
-of tensors and plain values shaped like the last batch, or differing only in
+no copy of the batch where it is lent: with ``ascent_data="next"`` (the default) and no transfer hook,
+the trainer writes the address of each batch tensor into shared memory and the worker reads their
+rows from the trainer's memory itself, one ``process_vm_readv`` (:mod:`lightning_asyncsam.ascent.lent_batch`;
+the trainer holds the batch until its next submission, which comes after the worker's result); where
+it is not (another ``ascent_data``, a transfer hook, a strided tensor, a worker that cannot read the
+trainer's memory), one copy per batch tensor into the batch slot (of the whole batch where b' < b and
+it is small, so that no leaf is sliced); either way no pytree walk, no key built, for a tensor or a
+tuple, list or dict of tensors and plain values shaped like the last batch, or differing only in
 the number of samples, as an epoch's short last batch does; new file names or ids are pickled into
-a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`); one snapshot comparison of the optimizers'
+a shared buffer, :mod:`lightning_asyncsam.ascent.shared_object`; one snapshot comparison of the optimizers'
 hyperparameters (where a scheduler stepped, one pass over the param groups that writes their numbers
-into shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); four numbers written in one
+into shared memory, :mod:`lightning_asyncsam.ascent.hyperparameters`); five numbers written in one
 call and one ``sem_post``. Each micro-batch adds one addition per dtype (perturb); on a CPU it
 writes ``w_t + e`` into the flat buffers' twins, which the parameters take by a storage swap
 until the restore swaps them back, O(1) and exact (:mod:`lightning_asyncsam.ascent.flat_params`);
@@ -117,7 +123,7 @@ methods of their own, off the common path.
 The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
 dtype reads ``w_t`` into the replica's flat parameters, from the trainer's live buffers or the
 published copy (the frozen parameters and buffers only when the trainer rewrote them), then one
-``sem_post`` says so, the gradients accumulate in place into one
+``sem_post`` says so, one ``process_vm_readv`` reads a lent batch, the gradients accumulate in place into one
 flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multiplication per dtype
 into the shared buffer; the batch's views are sliced once per layout.
 """
