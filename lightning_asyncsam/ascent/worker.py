@@ -104,18 +104,20 @@ times every override that Lightning calls per batch (``training_step``, ``post_b
 ``optimizer_step`` and its closure, ``batch_to_device``, the lookahead), waiting for the worker
 excluded; benchmarks/overhead.py checks it against the difference to SGD, side by side, and
 benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
-on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.13-0.20 ms per
-step over 12 interleaved repetitions, 2.8-3.4% of SGD's step (which took 4.3-7.0 ms), the logging
+on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.085-0.13 ms per
+step over 12 interleaved repetitions, 2.5-3.3% of SGD's step (which took 3.4-5.1 ms), the logging
 steps' share included (about 0.1 ms each, four in an epoch of 45 steps: an epoch's last step logs
 only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
 writer is built once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound
 to its source: no Python frame), and the global step is read through a counter made once
 per fit (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What
-remains is mostly cold: in the middle of a step each torch call costs 2-3 microseconds and each
-Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that perturb
-moves come from memory that a forward and a backward have evicted (7-15 microseconds a pass; of
-the three passes of the first rounds, the restore's copy became the swap and the publishing copy
-the worker's own read). So the steady state runs as few Python lines as it can (about 205 of this
+remains is mostly cold: in the middle of a step the first call of a tensor operation's code costs
+13-17 microseconds (a copy, an addition, through torch or NumPy alike; the same call repeated at
+once costs a tenth), each Python call about 0.3-0.5 where a tight loop pays a tenth of that, and
+the 96 KB that perturb moves come from memory that a forward and a backward have evicted (of the
+four copies of the first rounds, the restore's became the swap, the publishing one the worker's
+own read of w_t and the batch slot's the worker's own read of a lent batch, which left the
+perturbation the step's one cold tensor call). So the steady state runs as few Python lines as it can (about 205 of this
 package's per step, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``),
 and the rare cases (a stale or held gradient, a wait, the start-up, a GPU's stream sync) live in
 methods of their own, off the common path.
