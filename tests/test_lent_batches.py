@@ -139,7 +139,8 @@ def test_where_the_worker_cannot_read_the_trainer_copies(monkeypatch) -> None:
         worker.close()
 
 
-def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch) -> None:
+def _count_lent(monkeypatch) -> list[int]:
+    """How many tensors each write of a batch slot lends, from now on."""
     lent: list[int] = []
     write = BatchSlot.write
 
@@ -149,6 +150,11 @@ def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch
         return changed
 
     monkeypatch.setattr(BatchSlot, "write", counting)
+    return lent
+
+
+def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch) -> None:
+    lent = _count_lent(monkeypatch)
     data = make_data(n=32, dtype=torch.float32)
     model = TinyClassifier()
     trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2).fit(model, loader(data, 8))
@@ -163,15 +169,7 @@ def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch
 
 def test_a_batch_with_transfer_hooks_is_not_lent(monkeypatch) -> None:
     """A hook may change the raw batch in place when the loop transfers it: the worker gets a copy made before."""
-    lent: list[int] = []
-    write = BatchSlot.write
-
-    def counting(self: BatchSlot, batch: object, n: int, lend: bool = False) -> bool:
-        changed = write(self, batch, n, lend)
-        lent.append(self.lent)
-        return changed
-
-    monkeypatch.setattr(BatchSlot, "write", counting)
+    lent = _count_lent(monkeypatch)
 
     class Hooked(TinyClassifier):
         def on_before_batch_transfer(self, batch, dataloader_idx):
