@@ -118,8 +118,9 @@ def test_a_small_batch_is_copied_whole_where_the_worker_needs_its_first_rows(fea
 
     # (batch size, whether the write may slice: a new size re-slices the slot's views once)
     for i, (size, resized) in enumerate(((32, False), (29, True), (32, True), (32, False))):
-        # Labels no earlier write held (nor, by chance, the slot's uninitialized memory): rows past n
-        # that the write skipped cannot match them.
+        # The slot's labels set to a value no batch holds first: rows past n that the write skipped
+        # keep it (uninitialized memory, or an earlier case's identical labels, once matched by chance).
+        slot.layout[2][1].fill_(-1)
         batch = (torch.randn(size, features), torch.arange(size) + 1000 * (i + 1) + 7)
         sliced.clear()
         monkeypatch.setattr(torch.Tensor, "__getitem__", counting)
