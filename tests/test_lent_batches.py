@@ -167,17 +167,28 @@ def test_a_fit_lends_its_batches_and_follows_the_copying_fit_bitwise(monkeypatch
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
 
 
-def test_a_batch_with_transfer_hooks_is_not_lent(monkeypatch) -> None:
-    """A hook may change the raw batch in place when the loop transfers it: the worker gets a copy made before."""
+@pytest.mark.parametrize("hook", ["on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"])
+def test_a_batch_with_transfer_hooks_is_not_lent(hook: str, monkeypatch) -> None:
+    """A user's hook may change the batch in place before its step (on a CPU trainer, the after-transfer hook gets
+    the host batch itself), maybe under the worker's read: the worker gets a copy made before."""
     lent = _count_lent(monkeypatch)
 
-    class Hooked(TinyClassifier):
-        def on_before_batch_transfer(self, batch, dataloader_idx):
-            return batch
+    def unchanged(self, batch, *args):  # noqa: ANN001, ANN202
+        return batch
 
+    hooked = type("Hooked", (TinyClassifier,), {hook: unchanged})
     trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1).fit(
-        Hooked(), loader(make_data(n=32, dtype=torch.float32), 8))
+        hooked(), loader(make_data(n=32, dtype=torch.float32), 8))
     assert lent and not any(lent)
+
+
+def test_a_precision_cast_is_lent(monkeypatch) -> None:
+    """A precision plugin's cast makes new tensors (or returns the batch as it is), never changing one in place."""
+    lent = _count_lent(monkeypatch)
+    model = TinyClassifier().double()
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, precision="64-true").fit(
+        model, loader(make_data(n=32, dtype=torch.float32), 8))
+    assert lent == [0, 2, 2, 0]
 
 
 def test_a_failed_read_names_the_call_and_the_trainer() -> None:

@@ -66,7 +66,7 @@ class AscentHost(Protocol):
     ascent_data: str
     worker_device: str
     cpu_batch: Any
-    plain_transfer: bool | None
+    lend_upcoming: bool | None
     direction: Sequence[Tensor] | None
     _direction_flats: list[Tensor]
     _params: list[Tensor]
@@ -196,7 +196,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         if self._on_cuda or not worker.booted:
             self._before_submit(strategy, worker)
         # The next step's own batch is lent: nothing touches it before that step collects this one.
-        worker.submit(step, ascent_batch, n, batch_idx, upcoming is not None and strategy.plain_transfer is True)
+        worker.submit(step, ascent_batch, n, batch_idx, upcoming is not None and strategy.lend_upcoming is True)
         slot = worker.slot
         if slot.size > b:
             self._full_batch = slot.size

@@ -77,7 +77,7 @@ which a training-mode forward never reads, are not mirrored, :mod:`lightning_asy
 the other mirrored tensors, frozen parameters and buffers, cross only when they changed: a frozen
 backbone costs two C-level passes over its tensors' version counters and addresses, not its size,
 ``FlatTensors.flat_writer``, which on a CPU writes only those);
-no copy of the batch where it is lent: with ``ascent_data="next"`` (the default) and no transfer hook,
+no copy of the batch where it is lent: with ``ascent_data="next"`` (the default) and no user's transfer hook,
 the trainer writes the address of each batch tensor into shared memory and the worker reads their
 rows from the trainer's memory itself, one ``process_vm_readv`` (:mod:`lightning_asyncsam.ascent.lent_batch`;
 the trainer holds the batch until its next submission, which comes after the worker's result); where

@@ -129,9 +129,10 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.cpu_batch: Any = None
         self.lookahead: LookaheadLoader | None = None
         self._sync: AsyncSAMCallback | None = None
-        # The host batch needs no hook before the transfer (None: not known yet): then the next step's
-        # batch stays untouched until that step, so it can be lent to the worker (see next_step_batch).
-        self.plain_transfer: bool | None = None
+        self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
+        # No batch-transfer hook of the user's runs on the next step's batch (None: not known yet), so
+        # nothing changes it before that step and it can be lent to the worker (see next_step_batch).
+        self.lend_upcoming: bool | None = None
         self._step_counter: Callable[[], int] | None = None  # trainer.global_step, see optimizer_step_counter
         self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
         self._flat: FlatParameters | None = None     # the trainable parameters in one buffer per dtype, during a fit
@@ -177,7 +178,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._check_loss_source()
-            self.plain_transfer = None
+            self._plain_transfer = self.lend_upcoming = None
             self._step_counter = None  # made at this fit's first step
             self._lay_out_params()
 
@@ -318,7 +319,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         """The first micro-batch of the next optimizer step, as the training loop will see it on the host.
 
         None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`). Where
-        :attr:`plain_transfer`, it is the loop's own batch, which nothing touches before that step.
+        :attr:`lend_upcoming`, nothing changes it before that step (the loop's own batch, or its
+        precision cast, which makes new tensors), so the worker may read it in place.
         """
         lookahead = self.lookahead
         if lookahead is None:
@@ -328,15 +330,16 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         upcoming = lookahead.upcoming  # lookahead.peek(k), without its frame: this runs at every step
         if k > len(upcoming):
             return None
-        if self.plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
+        if self._plain_transfer:  # what the loop would do to it is the identity: skip the hook calls
             return upcoming[k - 1]
         return self._as_transferred(trainer, upcoming[k - 1])  # type: ignore[arg-type]
 
     def _as_transferred(self, trainer: "pl.Trainer", raw: Any) -> Any:
         """``raw`` as the training loop will hand it to ``batch_to_device`` (its precision cast and transfer hook)."""
-        if self.plain_transfer is None:
-            self.plain_transfer = _plain_transfer(trainer)
-            if self.plain_transfer:
+        if self._plain_transfer is None:
+            self._plain_transfer = _plain_transfer(trainer)
+            self.lend_upcoming = _no_transfer_hooks(trainer)
+            if self._plain_transfer:
                 return raw
         batch = trainer.precision_plugin.convert_input(raw)
         return self._lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
@@ -527,14 +530,28 @@ def _nothing() -> None:
 
 def _plain_transfer(trainer: "pl.Trainer") -> bool:
     """Whether the training loop hands ``batch_to_device`` its batches unchanged (no precision cast, no hook)."""
-    from lightning.pytorch.core.hooks import DataHooks
     from lightning.pytorch.plugins.precision import Precision
 
     if type(trainer.precision_plugin).convert_input is not Precision.convert_input:
         return False
+    return _no_transfer_hooks(trainer, ("on_before_batch_transfer",))
+
+
+def _no_transfer_hooks(trainer: "pl.Trainer", hooks: Sequence[str] = (
+        "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")) -> bool:
+    """Whether none of ``hooks`` is the user's own (on the module or the datamodule that Lightning calls it on).
+
+    A user's hook may change a batch in place (on a CPU trainer, ``on_after_batch_transfer`` gets the
+    host batch itself); Lightning's own never do.
+    """
+    from lightning.pytorch.core.hooks import DataHooks
+
     selector = trainer._data_connector._datahook_selector
-    owner = selector.get_instance("on_before_batch_transfer") if selector is not None else trainer.lightning_module
-    return getattr(type(owner), "on_before_batch_transfer", None) is DataHooks.on_before_batch_transfer
+    for hook in hooks:
+        owner = selector.get_instance(hook) if selector is not None else trainer.lightning_module
+        if getattr(type(owner), hook, None) is not getattr(DataHooks, hook):
+            return False
+    return True
 
 
 def _check_ascent_cpus(value: object) -> list[int] | Literal["auto"] | None:
