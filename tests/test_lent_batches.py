@@ -234,3 +234,31 @@ def test_a_spawned_worker_reads_lent_batches_too(monkeypatch) -> None:
         assert _run(worker, model, _batches(3), n=8) == [0, 2, 2]
     finally:
         worker.close()
+
+
+def test_the_puller_follows_a_new_layout_even_where_ids_are_reused() -> None:
+    """The worker's cached copy plan is keyed by the buffers' addresses and row sizes: a new layout's buffers (which
+    may reuse a freed buffer's id) get a new plan."""
+    puller = BatchPuller(os.getpid())
+    source = [torch.arange(8.0).view(4, 2)]
+    desk = LendingDesk()
+    desk.lend(source)
+    reused = 0
+    for _ in range(20):
+        first = [torch.zeros(4, 2)]
+        puller.pull(first, 4, desk)
+        assert torch.equal(first[0], source[0])
+        # Its memory stays mapped (held by another tensor on its storage, not a view); its object is freed.
+        kept, old = torch.empty(0).set_(first[0].untyped_storage()), id(first[0])
+        del first
+        kept.zero_()  # a pull into the old buffer would show here
+        second = [torch.zeros(4, 2)]  # CPython often hands the freed object's id to the new tensor
+        reused += id(second[0]) == old
+        puller.pull(second, 4, desk)
+        assert torch.equal(second[0], source[0]) and not kept.any()
+    assert reused  # the case this guards against happened
+    wide = [torch.arange(12.0).view(4, 3)]
+    desk.lend(wide)
+    third = [torch.zeros(4, 3)]
+    puller.pull(third, 2, desk)
+    assert torch.equal(third[0][:2], wide[0][:2]) and not third[0][2:].any()

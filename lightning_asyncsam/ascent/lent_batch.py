@@ -222,9 +222,11 @@ class BatchPuller:
     def pull(self, buffers: Sequence[Tensor | None], n: int, desk: LendingDesk) -> None:
         """Read the first ``n`` rows of each lent tensor into the matching buffer of ``buffers`` (the slot's)."""
         targets = [b for b in buffers if b is not None]
-        key = (tuple(map(id, targets)), n)
+        rows = [b.stride(0) * b.element_size() if b.dim() else b.element_size() for b in targets]
+        # By address and row size, not by the buffers' ids: a new layout's buffer may reuse a freed one's id.
+        key = (tuple(map(Tensor.data_ptr, targets)), tuple(rows), n)
         if key != self._key:  # once per layout and n: the slot's side of the copy and the sizes
-            sizes = [n * b.stride(0) * b.element_size() if b.dim() else b.element_size() for b in targets]
+            sizes = [n * row for row in rows]
             self._local = (_IOVec * len(targets))(*[_IOVec(b.data_ptr(), s) for b, s in zip(targets, sizes)])
             self._remote = (_IOVec * len(targets))(*[_IOVec(0, s) for s in sizes])
             self._total, self._key = sum(sizes), key
