@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import weakref
 
 import pytest
@@ -262,3 +263,46 @@ def test_the_puller_follows_a_new_layout_even_where_ids_are_reused() -> None:
     third = [torch.zeros(4, 3)]
     puller.pull(third, 2, desk)
     assert torch.equal(third[0][:2], wide[0][:2]) and not third[0][2:].any()
+
+
+def test_the_worker_reads_a_lent_batch_before_its_read_post(monkeypatch) -> None:
+    """With live weights the trainer takes the "read" post before its step ends; the next step's hooks (which get
+    the host batch itself on a CPU trainer) may then change the lent batch: the worker has read it by then."""
+    from test_live_weights import _live_worker
+
+    pull = BatchPuller.pull
+
+    def late(self: BatchPuller, *args: object) -> None:
+        time.sleep(0.3)  # a worker descheduled between its read of w_t and its read of the batch
+        pull(self, *args)
+
+    monkeypatch.setattr(BatchPuller, "pull", late)  # the forked worker inherits it
+    model = TinyClassifier()
+    worker, flat, params = _live_worker(model)
+    first, second = _batches(2)
+    try:
+        worker.start()
+        worker.submit(0, first, 8, batch_idx=0, lend=True)  # the layout: copied
+        worker.await_read(timeout=30)
+        worker.collect(timeout=30)
+        want = _want(model, second, 8)
+        worker.submit(1, second, 8, batch_idx=1, lend=True)
+        assert worker.slot.lent == 2
+        worker.await_read(timeout=30)
+        second[0].zero_()  # what an in-place hook of the next step would do
+        worker.collect(timeout=30)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[1].views(), want))
+    finally:
+        worker.close()
+        flat.release()
+
+
+def test_a_cpu_fit_without_live_weights_copies_its_batches(monkeypatch) -> None:
+    """No "read" post to order the worker's read before the next step's hooks: the batches are copied."""
+    from lightning_asyncsam.ascent.flat_params import FlatParameters
+
+    monkeypatch.setattr(FlatParameters, "share", lambda self: False)  # as where /dev/shm has no room
+    lent = _count_lent(monkeypatch)
+    trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1).fit(
+        TinyClassifier(), loader(make_data(n=32, dtype=torch.float32), 8))
+    assert lent and not any(lent)

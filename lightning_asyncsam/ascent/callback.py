@@ -195,8 +195,11 @@ class AsyncSAMCallback(BatchFreeCallback):
         strategy.publish(worker)
         if self._on_cuda or not worker.booted:
             self._before_submit(strategy, worker)
-        # The next step's own batch is lent: nothing touches it before that step collects this one.
-        worker.submit(step, ascent_batch, n, batch_idx, upcoming is not None and strategy.lend_upcoming is True)
+        # The next step's own batch is lent where nothing changes it before the worker has read it: no
+        # transfer hook of the user's, and either a GPU step (its hooks see the device's copy) or the
+        # worker's "read" post, which the trainer takes before this step ends (live weights).
+        worker.submit(step, ascent_batch, n, batch_idx,
+                      upcoming is not None and strategy.lend_upcoming is True and (self._on_cuda or worker.live))
         slot = worker.slot
         if slot.size > b:
             self._full_batch = slot.size

@@ -326,10 +326,10 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     trainer.update({"current_epoch": epoch})
             start = time.perf_counter()
             io.load(weights)
-            if io.live:  # the trainer may write its buffers again (after this step's backward)
-                mailbox.read.release()
             if lent:  # the trainer keeps the batch until it has this step's result
                 puller.pull(layout[2], n, mailbox.desk)  # type: ignore[union-attr,index]
+            if io.live:  # the trainer may write its buffers again (after this step's backward), and
+                mailbox.read.release()  # its step's hooks may change a lent batch (the next step's)
             batch = reader.read(layout, n, device)  # type: ignore[arg-type]
             io.zero_grads()
             loss = ascent_loss(module, batch, batch_idx)
