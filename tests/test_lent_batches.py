@@ -194,7 +194,7 @@ def test_a_precision_cast_is_lent(monkeypatch) -> None:
 
 def test_a_failed_read_names_the_call_and_the_trainer() -> None:
     buffers = [torch.zeros(4, 2)]
-    desk = LendingDesk(slots=2)
+    desk = LendingDesk()
     desk._addresses[0] = 8  # no mapping there
     with pytest.raises(OSError, match=rf"process_vm_readv.*pid {os.getpid()}|pid {os.getpid()}.*process_vm_readv"):
         BatchPuller(os.getpid()).pull(buffers, 4, desk)

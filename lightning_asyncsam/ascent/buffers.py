@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from lightning_asyncsam.ascent.lent_batch import LendingDesk, lendable_now
+from lightning_asyncsam.ascent.lent_batch import MAX_LENT, LendingDesk, lendable_now
 
 
 REST_REFRESH_STEPS = 50  # flat_writer writes the unchanged rest at least this often (see there)
@@ -396,7 +396,7 @@ class BatchSlot:
         # by the AscentWorker); None: every batch is copied. lent: the tensors the last write lent.
         self.desk: LendingDesk | None = None
         self.lent = 0
-        self._lend_layout = False  # the last layout can be lent: every leaf a batched tensor of a real dtype
+        self._lend_layout = False  # the last layout can be lent: at most MAX_LENT leaves, batched, of real dtypes
 
     @staticmethod
     def _flatten(batch: Any) -> tuple[list[Any], Any]:
@@ -458,8 +458,7 @@ class BatchSlot:
                     same = False
                 if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
                     desk = self.desk
-                    if lend and desk is not None and self._lend_layout and len(plain) <= desk.slots \
-                            and lendable_now(plain):
+                    if lend and desk is not None and self._lend_layout and lendable_now(plain):
                         desk.write(plain)  # the worker reads the first n rows of each, from these addresses
                         self.lent = len(plain)
                         return False
@@ -522,7 +521,7 @@ class BatchSlot:
             metas = ([(x.dtype, x.shape, False) for x in plain] if batched else
                      [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain])
             self._last = (kind, requested, size, metas, keys, batched)
-            self._lend_layout = batched and not any(x.dtype.is_complex for x in plain)
+            self._lend_layout = batched and len(plain) <= MAX_LENT and not any(x.dtype.is_complex for x in plain)
         self._sized(size, n)
         return changed
 

@@ -33,10 +33,10 @@ itself, with the same result.
 
 Example::
 
-    >>> desk = LendingDesk(slots=4)
+    >>> desk = LendingDesk()
     >>> batch = [torch.arange(4.0)]  # lent: it must outlive the read
-    >>> desk.lend(batch), desk.count(), desk.lend([batch[0][::2]])  # a strided view is not lent
-    (True, 1, False)
+    >>> desk.lend(batch), desk.lend([batch[0][::2]])  # a strided view is not lent
+    (True, False)
     >>> bytes(read_own(desk.addresses()[0], 8)) == bytes(torch.arange(2.0).numpy())  # what a worker would read
     True
 """
@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 _PR_SET_PTRACER = 0x59616D61  # "Yama": prctl(2)
+MAX_LENT = 16  # the most tensors a lent batch may have; a batch with more is copied
 
 
 class _IOVec(ctypes.Structure):
@@ -135,33 +136,26 @@ def _read(pid: int, address: int, size: int) -> bytearray:
 
 
 class LendingDesk:
-    """The addresses of a lent batch's tensors, in shared memory (the trainer writes, the worker reads).
+    """The addresses of a lent batch's tensors (at most :data:`MAX_LENT`), in shared memory.
 
-    Args:
-        slots: the most tensors a lent batch may have; a batch with more is copied.
+    The trainer writes them, the worker reads them; how many there are travels with the step's
+    numbers (:meth:`~lightning_asyncsam.ascent.mailbox.Mailbox.post_step`).
     """
 
-    def __init__(self, slots: int = 16) -> None:
-        self.slots = slots
-        self._shared = torch.zeros(slots, dtype=torch.int64).share_memory_()
+    def __init__(self) -> None:
+        self._shared = torch.zeros(MAX_LENT, dtype=torch.int64).share_memory_()
         self._addresses = _addresses_view(self._shared)
-        self._count = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"slots": self.slots, "_shared": self._shared}
+        return {"_shared": self._shared}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._addresses = _addresses_view(self._shared)
-        self._count = 0
 
     def lend(self, leaves: Sequence[Tensor]) -> bool:
-        """Write the addresses of ``leaves`` if they can be lent (:func:`lendable`, at most :attr:`slots`).
-
-        The count travels with the step's numbers
-        (:meth:`~lightning_asyncsam.ascent.mailbox.Mailbox.post_step`).
-        """
-        if len(leaves) > self.slots or not lendable(leaves):
+        """Write the addresses of ``leaves`` if they can be lent (:func:`lendable`, at most :data:`MAX_LENT`)."""
+        if len(leaves) > MAX_LENT or not lendable(leaves):
             return False
         self.write(leaves)
         return True
@@ -169,11 +163,6 @@ class LendingDesk:
     def write(self, leaves: Sequence[Tensor]) -> None:
         """:meth:`lend` for leaves already checked (the batch slot's hot path)."""
         self._addresses[0:len(leaves)] = list(map(Tensor.data_ptr, leaves))
-        self._count = len(leaves)
-
-    def count(self) -> int:
-        """How many addresses the last :meth:`lend` wrote."""
-        return self._count
 
     def addresses(self) -> list[int]:
         """The addresses as last written (the worker's side reads them after the step's semaphore)."""
@@ -244,5 +233,5 @@ class BatchPuller:
                                  f"{os.strerror(errno) if errno else 'no error code'}")
 
 
-__all__ = ["BatchPuller", "LendingDesk", "allow_reader", "available", "lendable", "lendable_now", "probe", "read_own",
+__all__ = ["MAX_LENT", "BatchPuller", "LendingDesk", "allow_reader", "available", "lendable", "lendable_now", "probe", "read_own",
            "revoke_reader"]
