@@ -131,7 +131,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._sync: AsyncSAMCallback | None = None
         self._plain_transfer: bool | None = None  # the host batch needs no hook before the transfer
         # No batch-transfer hook of the user's runs on the next step's batch (None: not known yet), so
-        # nothing changes it before that step and it can be lent to the worker (see next_step_batch).
+        # none can change it under the worker's read: it may be lent (see next_step_batch).
         self.lend_upcoming: bool | None = None
         self._step_counter: Callable[[], int] | None = None  # trainer.global_step, see optimizer_step_counter
         self._published: list[Tensor] | None = None  # w_t as published this optimizer step (see publish), else None
@@ -266,7 +266,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self._published_by = self._published_views_of = None  # nothing keeps the closed worker's buffers
         self._published_views = []
         self._write_published = _nothing
-        self._read_signal = self._reading = None
+        self._read_signal = None
         self._affinity.restore()
         if worker is not None:
             worker.close()
@@ -319,8 +319,9 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         """The first micro-batch of the next optimizer step, as the training loop will see it on the host.
 
         None at the last step of an epoch (see :mod:`lightning_asyncsam.ascent.lookahead`). Where
-        :attr:`lend_upcoming`, nothing changes it before that step (the loop's own batch, or its
-        precision cast, which makes new tensors), so the worker may read it in place.
+        :attr:`lend_upcoming`, no transfer hook of the user's sees it (it is the loop's own batch, or
+        its precision cast, which makes new tensors), so the worker may read it in place (see
+        :mod:`lightning_asyncsam.ascent.lent_batch` for the other conditions).
         """
         lookahead = self.lookahead
         if lookahead is None:
