@@ -69,8 +69,8 @@ class EpochClock(L.Callback):
         self.overhead_ms: list[float] = []
         self.wait_ms: list[float] = []
         self.step_s: list[list[float]] = []  # per epoch: each step's wall-clock, batch start to batch start
-        # Per epoch: each step's share of overhead_total_ms (which grows once a step, in end_step), and
-        # whether the step logged (the diagnostics' steps cost more).
+        # Per epoch: each step's share of overhead_total_ms (a running total, read at each batch start),
+        # and whether the step logged (the diagnostics' steps cost more).
         self.step_overhead_ms: list[list[float]] = []
         self.step_logged: list[list[bool]] = []
         self._totals_at: list[float] = []
@@ -281,9 +281,9 @@ def profile(epochs: int, top: int) -> str:
 def robust_step_cost(clock: EpochClock) -> float:
     """The added cost per step, robust to preemption: each kind of step's median, weighted by its share.
 
-    Steps differ by kind: a logging step computes the diagnostics; the step after it carries the
-    loggers' call (the strategy counts ``end_step``'s own time in the next step); an epoch's first
-    step restarts the lookahead; the others. Each kind's median, weighted by its share of the
+    Steps differ by kind: a logging step computes the diagnostics and hands them to the loggers;
+    the step after it (which carried the loggers' call until the totals became running ones read at
+    each batch start, the eleventh round); an epoch's first step restarts the lookahead; the others. Each kind's median, weighted by its share of the
     steps, is the mean without the spikes that a VM's steal time puts into a timed region now and
     then, and with every kind's systematic cost.
     """

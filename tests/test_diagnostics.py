@@ -95,6 +95,69 @@ def test_the_latest_diagnostics_are_held_on_steps_that_do_not_log() -> None:
     assert all(ms > 0 for ms in read.perturb_ms[1:])  # steps 1-4 do not log; each holds its own value
 
 
+def test_overhead_is_accounted_on_logging_steps_alone_as_the_mean_over_the_window(monkeypatch) -> None:
+    """Other steps run no account of their own; a logging step's overhead_ms is its window's added time per step.
+
+    The strategy's added time is a running total: the window of ``asyncsam/overhead_ms`` is the
+    difference since the last log, over the optimizer steps synchronized since then.
+    """
+    import lightning as L
+
+    from lightning_asyncsam import AsyncSAMCallback
+    from lightning_asyncsam.ascent import callback as callback_module
+
+    published: list[tuple[int, float]] = []
+    monkeypatch.setattr(callback_module, "publish_metrics",
+                        lambda trainer, metrics: published.append((trainer.global_step, metrics["asyncsam/overhead_ms"])))
+    ends = []
+    original_end_step = AsyncSAMCallback.end_step
+    monkeypatch.setattr(AsyncSAMCallback, "end_step",
+                        lambda self, trainer, strategy: (ends.append(self.synced_step),
+                                                         original_end_step(self, trainer, strategy))[1])
+
+    class Totals(L.Callback):
+        """The running total where each synchronized step starts (before synchronize adds to it)."""
+
+        def __init__(self) -> None:
+            self.at_start: list[float] = []
+            self.logged: list[bool] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.at_start.append(trainer.strategy.added_total_ms())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.logged.append(next(c for c in trainer.callbacks if isinstance(c, AsyncSAMCallback)).log_step)
+
+    totals = Totals()
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=2, log_every_n_steps=4,
+                callbacks=[totals])
+    t.fit(TinyClassifier(), loader(make_data(n=96, dtype=torch.float32), 8))
+    logging_steps = [i for i, flag in enumerate(totals.logged) if flag]
+    assert logging_steps == [3, 7, 11, 15, 19, 23]  # every 4th step; each 12-step epoch ends on one
+    assert ends == logging_steps  # the only steps that account for anything
+    assert [step for step, _ in published] == logging_steps
+    # Each window: from where the last one ended (inside its logging step) to inside this one, so it
+    # lies between the totals at the starts of its first step and of the step after it, per step.
+    for k, (step, value) in enumerate(published[1:-1], start=1):
+        first, last = logging_steps[k - 1] + 1, logging_steps[k]
+        steps = last - first + 1
+        low = (totals.at_start[last] - totals.at_start[first]) / steps
+        high = (totals.at_start[last + 1] - totals.at_start[first - 1]) / steps
+        assert 0 < low <= value <= high, (step, low, value, high)
+
+
+def test_a_retired_lookahead_keeps_its_time_in_the_running_total() -> None:
+    """A new dataloader (a reload, a second fit) replaces the lookahead; the total it read never drops."""
+    from lightning_asyncsam.ascent.lookahead import LookaheadLoader
+
+    strategy = AsyncSAMStrategy(ascent_threads=1)
+    strategy.lookahead = LookaheadLoader([1, 2, 3])
+    strategy.lookahead.timer[0], strategy.added_ms = 5.0, 1.0
+    assert strategy.added_total_ms() == 6.0
+    strategy._retire_lookahead()
+    assert strategy.lookahead is None and strategy.added_total_ms() == 6.0
+
+
 def test_auto_batch_size_settles_and_prints_one_line(tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         t, rows = _rows(tmp_path, AsyncSAMStrategy(ascent_threads=1), epochs=3, n=160)

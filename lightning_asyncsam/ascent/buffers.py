@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from lightning_asyncsam.ascent.lent_batch import MAX_LENT, LendingDesk, lendable_now
+from lightning_asyncsam.ascent.lent_batch import MAX_LENT, LendingDesk
 
 
 REST_REFRESH_STEPS = 50  # flat_writer writes the unchanged rest at least this often (see there)
@@ -458,7 +458,8 @@ class BatchSlot:
                     same = False
                 if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
                     desk = self.desk
-                    if lend and desk is not None and self._lend_layout and lendable_now(plain):
+                    # (On the CPU: in the signature, which the layout's lending requires.)
+                    if lend and desk is not None and self._lend_layout and all(map(Tensor.is_contiguous, plain)):
                         desk.write(plain)  # the worker reads the first n rows of each, from these addresses
                         self.lent = len(plain)
                         return False
@@ -518,10 +519,11 @@ class BatchSlot:
         if plain is not None and all(isinstance(x, Tensor) or _plain_value(x) for x in plain):
             batched = all(b is not None for b in self._buffers)
             # Every leaf batched: each one's _signature; otherwise (dtype, shape) per tensor, None per plain value.
-            metas = ([(x.dtype, x.shape, False) for x in plain] if batched else
+            metas = ([(x.dtype, x.shape, False, x.is_cpu) for x in plain] if batched else
                      [(x.dtype, x.shape) if isinstance(x, Tensor) else None for x in plain])
             self._last = (kind, requested, size, metas, keys, batched)
-            self._lend_layout = batched and len(plain) <= MAX_LENT and not any(x.dtype.is_complex for x in plain)
+            self._lend_layout = batched and len(plain) <= MAX_LENT and not any(
+                x.dtype.is_complex or not x.is_cpu for x in plain)
         self._sized(size, n)
         return changed
 
@@ -537,12 +539,13 @@ class BatchSlot:
         if len(plain) != len(last[3]):
             return False
         try:
-            for x, (dtype, shape, _) in zip(plain, last[3]):
+            for x, (dtype, shape, _, cpu) in zip(plain, last[3]):
                 xs = x.shape
-                if x.dtype is not dtype or xs[1:] != shape[1:] or x.requires_grad or (size >= 0 and xs[0] != size):
+                if (x.dtype is not dtype or xs[1:] != shape[1:] or x.requires_grad or x.is_cpu is not cpu
+                        or (size >= 0 and xs[0] != size)):
                     return False
                 size = xs[0]
-                metas.append((dtype, xs, False))
+                metas.append((dtype, xs, False, cpu))
         except (AttributeError, IndexError):  # a leaf that is not a tensor, or a 0-dim one
             return False
         if not 0 < size <= self.capacity:
@@ -612,7 +615,8 @@ class BatchSlot:
 
 
 _PLAIN = (str, bytes, int, float, bool, type(None))
-_signature = attrgetter("dtype", "shape", "requires_grad")  # what the batch slot's fast path compares, per tensor
+# What the batch slot's fast path compares, per tensor (is_cpu: a lent leaf's, checked in the same C loop).
+_signature = attrgetter("dtype", "shape", "requires_grad", "is_cpu")
 
 
 def _nothing() -> None:

@@ -82,7 +82,7 @@ class AscentHost(Protocol):
 
     def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None: ...
 
-    def take_added_ms(self) -> float: ...
+    def added_total_ms(self) -> float: ...
 
     def publish(self, worker: AscentWorker) -> None: ...
 
@@ -128,14 +128,14 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._e_norm: float | None = None  # ||e|| of this step's direction where the worker's ||g|| gives it
         # A fixed b' (int or fraction) for a given b, as computed last: (b' as asked, b, the b' it gave).
         self._sized: tuple[Any, int, int] | None = None
-        self._perturb_ms = 0.0
         self.skipped_ascents = 0
         self._skip_warned = False
-        # Trainer-thread time added by AsyncSAM: since the last log (window), and in all.
-        self._window_ms = 0.0
-        self._window_steps = 0
+        self._host: AscentHost | None = None  # the strategy, whose running totals overhead_total_ms reads
+        # Synchronized optimizer steps, in all, and (the strategy's added time, that count) at the last
+        # log: the window of overhead_ms is the difference, taken on logging steps alone.
+        self._synced = 0
+        self._window_at = (0.0, 0)
         self._overhead_ms = 0.0
-        self.overhead_total_ms = 0.0
         self.wait_total_ms = 0.0  # waiting for a late worker, in all (not overhead: the worker's pace)
 
     # ----------------------------------------------------------------- the step boundary
@@ -157,7 +157,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self.log_step = log_step = logs_now(trainer)
         if self._worker is not worker:
             self._adopt(strategy, worker)
-        self._wait_ms = 0.0
+        self._wait_ms = strategy.perturb_ms = 0.0
         # This runs at every step, in the middle of it, where each Python line costs a fraction of a
         # microsecond: the steady state takes the fewest lines, the rare cases a method of their own.
         in_flight = worker.in_flight
@@ -166,7 +166,7 @@ class AsyncSAMCallback(BatchFreeCallback):
             self._ascent_ms, self._grad_norm = ascent_ms, grad_norm
             if self._tuner is not None:
                 self._after_ascent(strategy, ascent_ms, samples, start)
-            if math.isfinite(grad_norm):
+            if -_INF < grad_norm < _INF:  # finite (math.isfinite's lookup and call cost a microsecond or two, mid-step)
                 host = self._host_directions
                 if host is not None and self._delivers_step:
                     # What use_gradient(direction, scaled=True) does on the host, without its two frames.
@@ -204,13 +204,14 @@ class AsyncSAMCallback(BatchFreeCallback):
         if slot.size > b:
             self._full_batch = slot.size
         self.synced_step = step
+        self._synced += 1
         self._n = slot.n
         if self._tuner is not None:  # the start of the worker's window, for "auto"
             self._submitted_at = time.perf_counter()
 
     def _adopt(self, strategy: AscentHost, worker: AscentWorker) -> None:
         """A new worker (a new fit): where the main process computes, and what the worker delivers."""
-        self._worker = worker
+        self._worker, self._host = worker, strategy
         self._on_cuda = strategy.root_device.type == "cuda"
         self._delivers_step = worker.delivers_step
         # Beside a CPU trainer, e is the worker's host buffer itself: each buffer's (views, flats), as
@@ -331,26 +332,27 @@ class AsyncSAMCallback(BatchFreeCallback):
             self._cos = cosine_similarity([d for d, _ in pairs], [g for _, g in pairs]).item()
 
     def end_step(self, trainer: "pl.Trainer", strategy: AscentHost) -> None:
-        """After the optimizer step: account the step's cost, and hand the diagnostics to the loggers on a logging step.
+        """After a logging step's optimizer step: the window's cost per step, and the diagnostics handed to the loggers.
 
-        Called by the strategy's ``optimizer_step``, once per synchronized optimizer step (a
-        manual ``training_step`` that steps twice ends it once), at the step at which Lightning
-        logs its own values of this batch. The strategy counts the time of this call itself in the
-        next window.
+        Called by the strategy's ``optimizer_step`` on the steps that log (:attr:`log_step`) alone,
+        once per synchronized optimizer step (a manual ``training_step`` that steps twice ends it
+        once), at the step at which Lightning logs its own values of this batch. Other steps
+        account for nothing: the strategy's time is a running total, whose difference since the
+        last log is the window. The strategy counts the time of this call itself in the next window.
         """
         if self._ended_step == self.synced_step:
             return
         self._ended_step = self.synced_step
-        self._perturb_ms, strategy.perturb_ms = strategy.perturb_ms, 0.0
-        added = strategy.take_added_ms()
-        self._window_ms += added
-        self.overhead_total_ms += added
-        self._window_steps += 1
-        if not self.log_step:
-            return
-        self._overhead_ms = self._window_ms / self._window_steps
-        self._window_ms, self._window_steps = 0.0, 0
+        total, steps = strategy.added_total_ms(), self._synced
+        since, self._window_at = self._window_at, (total, steps)
+        self._overhead_ms = (total - since[0]) / max(1, steps - since[1])
         publish_metrics(trainer, self.metrics)
+
+    @property
+    def overhead_total_ms(self) -> float:
+        """All the trainer-thread time that AsyncSAM added, in ms, a running total (benchmarks read its differences)."""
+        host = self._host
+        return host.added_total_ms() if host is not None else 0.0
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -360,7 +362,7 @@ class AsyncSAMCallback(BatchFreeCallback):
             "asyncsam/wait_ms": self._wait_ms,
             "asyncsam/ascent_batch_size": float(self._n),
             "asyncsam/overhead_ms": self._overhead_ms,
-            "asyncsam/perturb_ms": self._perturb_ms,
+            "asyncsam/perturb_ms": self._host.perturb_ms if self._host is not None else 0.0,
             "asyncsam/skipped_ascents": float(self.skipped_ascents),
         }
         if self._ascent_ms is not None:
@@ -388,7 +390,9 @@ class AsyncSAMCallback(BatchFreeCallback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.synced_step = self._ended_step = None
         self._skip_warned = False
-        self._window_ms, self._window_steps = 0.0, 0
+        if hasattr(trainer.strategy, "added_total_ms"):  # the window starts here, not with a validation before it
+            self._host = trainer.strategy  # type: ignore[assignment]
+        self._window_at = (self.overhead_total_ms, self._synced)
 
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -420,6 +424,9 @@ class AsyncSAMCallback(BatchFreeCallback):
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._trainer_ref = None
+
+
+_INF = math.inf
 
 
 def _strategy(trainer: "pl.Trainer") -> AscentHost:

@@ -16,6 +16,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 
@@ -42,34 +43,26 @@ class LookaheadLoader:
         self.__dict__["_loader"] = loader
         self.__dict__["_depth"] = depth
         self.__dict__["upcoming"] = deque()  # the batches read ahead, in order (see peek)
-        # The wrapper's own time, in ms, since it was last read: from the wrapped loader's answer to
+        # The wrapper's own time, in ms: from the wrapped loader's answer to
         # the batch's hand-over (the generator's switches around it cannot be timed from inside). A
-        # one-number cell, read and reset in place by whoever accounts for it (take_added_ms, or
-        # the strategy without a call).
+        # one-number cell, a running total that the strategy reads in place (no call) on logging
+        # steps, and take_added_ms reads and resets when the lookahead retires.
         self.__dict__["timer"] = array("d", [0.0])
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self._loader)
-        queue: deque = deque()
+        queue: deque = deque(islice(it, self._depth))  # the first batches, read ahead
         self.__dict__["upcoming"] = queue
-        depth = self._depth
-        timer = self.timer
-        exhausted = False
-        while True:
-            while not exhausted and len(queue) <= depth:
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                start = time.perf_counter()  # from here on, the wrapper's own time (the loader's is not)
-                queue.append(batch)
-            if not queue:
-                return
-            batch = queue.popleft()
-            if not exhausted:
-                timer[0] += (time.perf_counter() - start) * 1e3
+        append, popleft, timer = queue.append, queue.popleft, self.timer
+        # The steady state, a few lines a batch (this runs at every step): one batch in, one out.
+        for batch in it:
+            start = time.perf_counter()  # from here on, the wrapper's own time (the loader's is not)
+            append(batch)
+            batch = popleft()
+            timer[0] += (time.perf_counter() - start) * 1e3
             yield batch
+        while queue:  # the end of the epoch: the batches in hand, nothing left to read
+            yield popleft()
 
     def peek(self, k: int) -> Any:
         """The batch ``k`` positions after the one last yielded, or None past the end of the epoch."""

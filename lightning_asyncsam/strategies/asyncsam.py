@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from array import array
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -286,7 +285,7 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         self.close_worker()
         self._release_flat()  # before the base moves the module off the GPU
         self.cpu_batch = None
-        self.lookahead = None
+        self._retire_lookahead()
         super().teardown()
 
     def _release_flat(self) -> None:
@@ -311,9 +310,16 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         module = self.lightning_module
         trainer = module._trainer if module is not None else None
         if self.ascent_data == "next" and trainer is not None and trainer.training:
+            self._retire_lookahead()
             self.lookahead = LookaheadLoader(dataloader, depth=trainer.accumulate_grad_batches)  # type: ignore[arg-type]
             return self.lookahead
         return dataloader
+
+    def _retire_lookahead(self) -> None:
+        """Drop the lookahead, its time kept in :attr:`added_ms` (a running total, see :meth:`added_total_ms`)."""
+        lookahead, self.lookahead = self.lookahead, None
+        if lookahead is not None:
+            self.added_ms += lookahead.take_added_ms()
 
     def next_step_batch(self) -> Any:
         """The first micro-batch of the next optimizer step, as the training loop will see it on the host.
@@ -345,12 +351,14 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         batch = trainer.precision_plugin.convert_input(raw)
         return self._lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)  # type: ignore[union-attr]
 
-    def take_added_ms(self) -> float:
-        """The trainer-thread time, in ms, that the strategy added since the last call (its lookahead's included)."""
+    def added_total_ms(self) -> float:
+        """All the trainer-thread time, in ms, that the strategy has added (its lookaheads' included): a running total.
+
+        Read on logging steps alone (the callback's window is a difference of two readings), so
+        that no step pays for an account of its own.
+        """
         lookahead = self.lookahead
-        timer = lookahead.timer if lookahead is not None else _NO_TIMER  # read in place: no call, once a step
-        added, self.added_ms, timer[0] = self.added_ms + timer[0], 0.0, 0.0
-        return added
+        return self.added_ms + (lookahead.timer[0] if lookahead is not None else 0.0)
 
     # ----------------------------------------------------------------- the perturbation
     def use_gradient(self, grads: FlatTensors | None, scaled: bool = False) -> None:
@@ -477,12 +485,12 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any],
                        model: "pl.LightningModule | torch.nn.Module | None" = None, **kwargs: Any) -> Any:
         out = super().optimizer_step(optimizer, closure, model, **kwargs)
-        start = time.perf_counter()
         self._published = None  # the weights moved on: no longer w_t
         sync = self._sync
-        if sync is not None:
+        if sync is not None and sync.log_step:  # the diagnostics' hand-over; other steps end here
+            start = time.perf_counter()
             sync.end_step(self._lightning_module._trainer, self)  # type: ignore[union-attr]
-        self.added_ms += (time.perf_counter() - start) * 1e3  # end_step's own share: in the next window
+            self.added_ms += (time.perf_counter() - start) * 1e3  # end_step's own share: in the next window
         return out
 
     @override
@@ -522,7 +530,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
 
 
-_NO_TIMER = array("d", [0.0])  # take_added_ms's stand-in for the timer of a lookahead that does not exist
 
 
 def _nothing() -> None:

@@ -114,8 +114,9 @@ class SharpnessAwareStrategy(DDPStrategy):
         self._one_process = True  # _single_process, as set up: what the per-step hooks read
         self._manual = False  # the module optimizes manually (read once per fit: a property walk per step)
         self._params_warned = False  # _adopt_trainable warned in this fit: no more checks
-        # Trainer-thread time that the strategy's own code added to the steps, in ms, since a reader
-        # (AsyncSAM's callback) last reset it: every override that Lightning calls per batch adds its share.
+        # Trainer-thread time that the strategy's own code added to the steps, in ms, a running total
+        # (AsyncSAM's callback reads differences of it): every override that Lightning calls per batch
+        # adds its share.
         self.added_ms = 0.0
         # Whether this optimizer step's closure ends with _after_closure (AsyncSAM: a logging step's
         # diagnostics). A flag, not a call on every step: a call costs about a microsecond mid-step.
