@@ -107,8 +107,8 @@ def test_overhead_is_accounted_on_logging_steps_alone_as_the_mean_over_the_windo
     from lightning_asyncsam.ascent import callback as callback_module
 
     published: list[tuple[int, float]] = []
-    monkeypatch.setattr(callback_module, "publish_metrics",
-                        lambda trainer, metrics: published.append((trainer.global_step, metrics["asyncsam/overhead_ms"])))
+    monkeypatch.setattr(callback_module, "publish_metrics", lambda trainer, metrics: published.append(
+        (trainer.global_step, metrics["asyncsam/overhead_ms"])))
     ends = []
     original_end_step = AsyncSAMCallback.end_step
     monkeypatch.setattr(AsyncSAMCallback, "end_step",

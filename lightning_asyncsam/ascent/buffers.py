@@ -458,7 +458,8 @@ class BatchSlot:
                     same = False
                 if same or self._resized(plain, last):  # (an epoch's short last batch, or the full one after it)
                     desk = self.desk
-                    # (On the CPU: in the signature, which the layout's lending requires.)
+                    # Contiguity alone per step: the leaves' being on the CPU is in the signature,
+                    # which the layout's lending requires.
                     if lend and desk is not None and self._lend_layout and all(map(Tensor.is_contiguous, plain)):
                         desk.write(plain)  # the worker reads the first n rows of each, from these addresses
                         self.lent = len(plain)

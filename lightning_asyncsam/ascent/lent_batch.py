@@ -47,7 +47,6 @@ import ctypes
 import os
 import sys
 from collections.abc import Sequence
-from operator import attrgetter
 from typing import Any
 
 import torch
@@ -176,15 +175,7 @@ def _addresses_view(shared: Tensor) -> Any:
 
 def lendable(leaves: Sequence[Any]) -> bool:
     """Whether the worker can read each of ``leaves`` as raw rows: contiguous CPU tensors of a real dtype."""
-    return (all(isinstance(x, Tensor) and not x.dtype.is_complex for x in leaves) and lendable_now(leaves))
-
-
-def lendable_now(leaves: Sequence[Tensor]) -> bool:
-    """:func:`lendable` for tensors of a real dtype (a batch shaped like the last): contiguous and on the CPU, in C."""
-    return all(map(Tensor.is_contiguous, leaves)) and all(map(_IS_CPU, leaves))
-
-
-_IS_CPU = attrgetter("is_cpu")
+    return all(isinstance(x, Tensor) and not x.dtype.is_complex and x.is_cpu and x.is_contiguous() for x in leaves)
 
 
 class BatchPuller:
@@ -233,5 +224,5 @@ class BatchPuller:
                                  f"{os.strerror(errno) if errno else 'no error code'}")
 
 
-__all__ = ["MAX_LENT", "BatchPuller", "LendingDesk", "allow_reader", "available", "lendable", "lendable_now", "probe", "read_own",
+__all__ = ["MAX_LENT", "BatchPuller", "LendingDesk", "allow_reader", "available", "lendable", "probe", "read_own",
            "revoke_reader"]

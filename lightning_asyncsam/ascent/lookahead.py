@@ -43,10 +43,10 @@ class LookaheadLoader:
         self.__dict__["_loader"] = loader
         self.__dict__["_depth"] = depth
         self.__dict__["upcoming"] = deque()  # the batches read ahead, in order (see peek)
-        # The wrapper's own time, in ms: from the wrapped loader's answer to
-        # the batch's hand-over (the generator's switches around it cannot be timed from inside). A
-        # one-number cell, a running total that the strategy reads in place (no call) on logging
-        # steps, and take_added_ms reads and resets when the lookahead retires.
+        # The wrapper's own time, in ms: from the wrapped loader's answer to the batch's hand-over
+        # (the generator's switches around it cannot be timed from inside). A one-number cell, a
+        # running total that the strategy reads in place (no call) on logging steps, and that
+        # take_added_ms reads and resets when the lookahead retires.
         self.__dict__["timer"] = array("d", [0.0])
 
     def __iter__(self) -> Iterator[Any]:

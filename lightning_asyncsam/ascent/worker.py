@@ -103,8 +103,8 @@ the worker's ||g||) go to the loggers directly, and only on the steps that log. 
 times every override that Lightning calls per batch (``training_step``, ``post_backward``,
 ``optimizer_step`` and its closure, ``batch_to_device``, the lookahead), waiting for the worker
 excluded, into running totals that only a logging step reads (its window is their difference since
-the last log: no other step keeps an account); benchmarks/overhead.py checks it against the difference to SGD, side by side, and
-benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
+the last log: no other step keeps an account); benchmarks/overhead.py checks it against the
+difference to SGD, side by side, and benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
 on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.085-0.13 ms per
 step over 12 interleaved repetitions, 2.5-3.3% of SGD's step (which took 3.4-5.1 ms), the logging
 steps' share included (about 0.16 ms each, four in an epoch of 45 steps: an epoch's last step logs
@@ -457,8 +457,9 @@ class AscentWorker:
         self._optimizers: list[Any] | None = None  # the trainer's optimizers list, as read this epoch
         self._optimizers_epoch = -1
         self._epoch_counter: tuple[Any, Callable[[], int]] | None = None  # (trainer, its current_epoch as a C call)
-        # (trainer, its epoch's call, the one optimizer's param_groups, the last snapshot): _sync_trainer's quick check.
-        self._quick: tuple[Any, Callable[[], int], list[dict[str, Any]], tuple[int, list[tuple[Any, ...]]]] | None = None
+        # The one optimizer's param_groups list (live: a group added to it is seen), for _sync_trainer's
+        # quick check; None where several optimizers train, or before the first full check.
+        self._one_groups: list[dict[str, Any]] | None = None
         self.start_method: str | None = None  # "fork" or "spawn", chosen by start()
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -514,7 +515,7 @@ class AscentWorker:
             daemon=True,
         )
         self._conn = parent_conn
-        self._trainer_sent = self._trainer_snapshot = self._quick = None
+        self._trainer_sent = self._trainer_snapshot = self._one_groups = None
         self._numbers_written = False
         self._optimizers, self._optimizers_epoch = None, -1
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
@@ -726,16 +727,15 @@ class AscentWorker:
         if trainer is None:
             return 0
         # The common case, nothing changed, in O(1) Python per param group: the groups' values by
-        # identity (a scheduler writes a new float), not a filtered dict per group. One optimizer
-        # (its param_groups list is live: a group added to it is seen), checked in a few lines.
-        quick = self._quick
-        if quick is not None and quick[0] is trainer:
+        # identity (a scheduler writes a new float), not a filtered dict per group; with one
+        # optimizer, in a few lines against the last snapshot.
+        groups, counter = self._one_groups, self._epoch_counter
+        if groups is not None and counter is not None and counter[0] is trainer:
             try:
-                if (quick[1](), list(map(tuple, map(dict.values, quick[2])))) == quick[3]:
+                if (counter[1](), list(map(tuple, map(dict.values, groups)))) == self._trainer_snapshot:
                     return 0
             except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
                 pass
-        self._quick = None
         try:
             counter = self._epoch_counter
             if counter is None or counter[0] is not trainer:
@@ -749,8 +749,7 @@ class AscentWorker:
                 g for o in optimizers for g in o.param_groups]
             snapshot = (epoch, list(map(tuple, map(dict.values, groups))))
             previous = self._trainer_snapshot
-            if len(optimizers) == 1:  # the next steps' quick check, whatever happens below
-                self._quick = (trainer, counter[1], groups, snapshot)
+            self._one_groups = groups if len(optimizers) == 1 else None
             if previous is not None and snapshot == previous:
                 return 0
             # Numbers alone changed (a new epoch, a scheduler's step): written in place, no message.
@@ -760,8 +759,7 @@ class AscentWorker:
                 self._numbers_written = True
                 return 0
         except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
-            snapshot = None
-            self._quick = None
+            snapshot = None  # (which no quick check equals)
         self._trainer_snapshot = snapshot
         state = trainer_dynamics(trainer)
         if self._trainer_sent is None:

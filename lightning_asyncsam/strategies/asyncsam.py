@@ -530,8 +530,6 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
         _register(strategy_registry, cls, "asyncsam", "AsyncSAM: SAM with a one-step-stale ascent in a worker process")
 
 
-
-
 def _nothing() -> None:
     """No worker, nothing to publish."""
 
