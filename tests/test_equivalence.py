@@ -12,10 +12,13 @@ import pytest
 
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
 from tiny import (
+    TinyClassifier,
     assert_trajectories_close,
     epochs_of,
     fit_float64,
+    in_float64,
     make_data,
+    make_optimizer,
     reference_asyncsam,
     reference_net,
     reference_sam,
@@ -36,6 +39,34 @@ def test_asyncsam_matches_algorithm_1(optimizer: str, ascent_batch_size: int, as
                                 ascent_data=ascent_data), optimizer)
     net, opt = _reference_net(optimizer)
     want = reference_asyncsam(net, opt, epochs_of(make_data(), B, EPOCHS), RHO, ascent_batch_size, ascent_data)
+    assert_trajectories_close(got, want)
+
+
+class FrozenNorm(TinyClassifier):
+    """Keeps its batch norm in eval mode from epoch ``frozen_from`` on, as fine-tuning code does."""
+
+    def __init__(self, optimizer: str, frozen_from: int) -> None:
+        super().__init__(optimizer, batchnorm=True)
+        self.frozen_from = frozen_from
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch >= self.frozen_from:
+            self.net[1].eval()
+
+
+@pytest.mark.parametrize("frozen_from", [0, 1])
+def test_asyncsam_replica_follows_a_frozen_batch_norm(frozen_from: int) -> None:
+    """The replica runs the batch norm in eval mode too, with the trainer's running statistics.
+
+    From epoch 1 on, those statistics are the ones the descent accumulated during epoch 0, which
+    the replica never mirrors (its own ascents updated its copies): they travel with the modes.
+    """
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=B // 2, ascent_threads=1), "sgd",
+               module=lambda optimizer: FrozenNorm(optimizer, frozen_from))
+    net = in_float64(lambda: TinyClassifier("sgd", batchnorm=True).net)
+    freeze = lambda epoch, n: n[1].eval() if epoch >= frozen_from else None  # noqa: E731
+    want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, EPOCHS), RHO,
+                              B // 2, "next", before_epoch=freeze)
     assert_trajectories_close(got, want)
 
 

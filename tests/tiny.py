@@ -174,14 +174,20 @@ def reference_asyncsam(
     accumulate: int = 1,
     adaptive: bool = False,
     eta: float = 0.01,
+    before_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> list[list[Tensor]]:
     """Algorithm 1 (Eq. 3, tau = 1), serially. Returns the weights after every step.
 
     With ``adaptive``, the step is ASAM's ``rho * T^2 g / ||T g||`` on ``g = g_{t-1}``, T from w_t.
+    The ascent leaves the network's buffers (running statistics) as they were: it runs on a
+    replica, and only the descent updates the trainer's. ``before_epoch(epoch, net)`` runs as an
+    ``on_train_epoch_start`` hook does.
     """
     history = []
     stale: list[Tensor] | None = None
-    for batches in epochs:
+    for epoch, batches in enumerate(epochs):
+        if before_epoch is not None:
+            before_epoch(epoch, net)
         steps = [batches[i : i + accumulate] for i in range(0, len(batches), accumulate)]
         for s, micro in enumerate(steps):
             # line 3: g_t at w_t on A_t (the worker runs this concurrently with the descent)
@@ -189,7 +195,11 @@ def reference_asyncsam(
                 source = steps[s + 1][0]
             else:  # "previous", and the last step of an epoch in "next" mode
                 source = micro[0]
+            buffers = [b.clone() for b in net.buffers()]
             g_t = _grads(net, _head(source, ascent_batch_size))
+            with torch.no_grad():
+                for b, kept in zip(net.buffers(), buffers):
+                    b.copy_(kept)
             opt.zero_grad()
             step = _adaptive_step(net, stale, rho, eta) if adaptive and stale is not None else None
             for batch in micro:

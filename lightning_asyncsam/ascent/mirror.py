@@ -2,17 +2,26 @@
 
 The worker's replica must compute ``g_t = grad L(w_t; A_t)`` at the trainer's ``w_t``: every
 parameter, and every buffer that a training-mode forward reads. It runs in training mode
-(``module.train()``), where torch's batch and instance normalizations normalize with the batch's
-own statistics and only *write* their running statistics (``running_mean``, ``running_var``,
-``num_batches_tracked``: the ``training`` branch of ``torch.nn.modules.batchnorm._BatchNorm.forward``
-and of ``_InstanceNorm.forward``). Those buffers cannot change the ascent gradient, so they are not
+(``module.train()``; but see below for submodules that the user keeps in eval mode), where
+torch's batch and instance normalizations normalize with the batch's own statistics and only
+*write* their running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``: the
+``training`` branch of ``torch.nn.modules.batchnorm._BatchNorm.forward`` and of
+``_InstanceNorm.forward``). Those buffers cannot change the ascent gradient, so they are not
 published: on the digits recipe's CNN they were 9 of the 10 copies that publishing ``w_t`` cost
 the trainer's thread every step. Only the exact torch classes are recognized; a subclass (a batch
 renormalization, say) may read its statistics in training mode, and its buffers are mirrored.
+
+A submodule that the user keeps in eval mode while training (a frozen batch norm, set in
+``on_train_epoch_start`` or ``setup``) reads its running statistics and normalizes with them. So
+the replica follows the trainer's modes: each epoch's first step sends them where they changed
+(:func:`module_modes`), with the running statistics of the normalizations in eval mode
+(:func:`eval_statistics`), which no step changes there; the worker applies both
+(:func:`apply_modes`). A mode switched in the middle of an epoch reaches the replica at the next.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 # Normalizations whose training-mode forward never reads their running statistics.
@@ -61,4 +70,60 @@ def mirrored_tensors(module: nn.Module) -> dict[str, Tensor]:
     return {name: t for name, t in named_tensors(module).items() if name not in unread}
 
 
-__all__ = ["mirrored_tensors", "named_tensors", "unread_in_training"]
+def module_modes(module: nn.Module) -> tuple[bool, ...]:
+    """Each submodule's ``training`` flag, in ``modules()`` order (the replica's order: it is a copy).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> _ = net[1].eval()
+        >>> module_modes(net)
+        (True, True, False)
+    """
+    return tuple(m.training for m in module.modules())
+
+
+def eval_statistics(module: nn.Module) -> dict[str, Tensor]:
+    """The running statistics that the normalizations in eval mode read (host copies, by buffer name).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> sorted(eval_statistics(net)), sorted(eval_statistics(net.eval()))
+        ([], ['1.num_batches_tracked', '1.running_mean', '1.running_var'])
+    """
+    out: dict[str, Tensor] = {}
+    for prefix, sub in module.named_modules():
+        if type(sub) in _STATS_WRITTEN_ONLY and not sub.training:
+            for buffer in _RUNNING_STATS:
+                value = getattr(sub, buffer, None)
+                if value is not None:
+                    out[f"{prefix}.{buffer}" if prefix else buffer] = value.detach().to("cpu", copy=True)
+    return out
+
+
+@torch.no_grad()
+def apply_modes(module: nn.Module, modes: tuple[bool, ...], statistics: dict[str, Tensor]) -> None:
+    """Give the replica the trainer's modes (:func:`module_modes`) and eval-mode statistics (:func:`eval_statistics`).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> replica = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> _ = net[1].running_mean.fill_(3.0), net[1].eval()
+        >>> apply_modes(replica, module_modes(net), eval_statistics(net))
+        >>> replica[1].training, replica[1].running_mean.tolist()
+        (False, [3.0, 3.0])
+    """
+    subs = list(module.modules())
+    if len(subs) != len(modes):
+        raise RuntimeError(f"AsyncSAM: the replica has {len(subs)} modules, the trainer's module {len(modes)}: the "
+                           "module's structure changed after the worker started")
+    for sub, training in zip(subs, modes):
+        sub.training = training
+    buffers = dict(module.named_buffers())
+    for name, value in statistics.items():
+        buffers[name].copy_(value)
+
+
+__all__ = ["apply_modes", "eval_statistics", "mirrored_tensors", "module_modes", "named_tensors", "unread_in_training"]

@@ -58,8 +58,10 @@ trainer's memory (:mod:`lightning_asyncsam.ascent.lent_batch`), as do the number
 (:mod:`lightning_asyncsam.ascent.hyperparameters`). The pipe carries what is rare: the batch's
 layout when it changes, a batch's new non-tensor leaves where they exceed a 64 KB shared buffer
 (:mod:`lightning_asyncsam.ascent.shared_object`), the trainer stand-in's other changes (a new param
-group or key, a flag), the switch from the live weights to the published copy (the trainer's
-parameters moved out of their buffers, by ``module.to()``), a stop, an error's traceback.
+group or key, a flag), the module's train/eval modes where an epoch starts with others (a frozen
+batch norm, with its running statistics: :mod:`lightning_asyncsam.ascent.mirror`), the switch from
+the live weights to the published copy (the trainer's parameters moved out of their buffers, by
+``module.to()``), a stop, an error's traceback.
 
 Per-step budget. At the first micro-batch of each optimizer step, the trainer's thread does a
 fixed amount of work, whatever the model's size, with no system call in the common case: one
@@ -156,7 +158,7 @@ from lightning_asyncsam.ascent.hyperparameters import SharedHyperparameters
 from lightning_asyncsam.ascent.lent_batch import BatchPuller, probe
 from lightning_asyncsam.ascent.shared_object import SharedObject
 from lightning_asyncsam.ascent.mailbox import SPIN_MAX_S, Mailbox, spin_budget
-from lightning_asyncsam.ascent.mirror import mirrored_tensors, named_tensors
+from lightning_asyncsam.ascent.mirror import apply_modes, eval_statistics, mirrored_tensors, module_modes, named_tensors
 from lightning_asyncsam.ascent.replica_io import BatchReader, ReplicaIO
 from lightning_asyncsam.ascent.launch import after_fork, choose_start_method, quiet_fork
 from lightning_asyncsam.ascent.loss import ascent_loss
@@ -312,6 +314,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     constants.mark_seen()
                 elif msg[0] == "weights":  # the trainer's parameters left the live buffers
                     io.stop_live(weights)
+                elif msg[0] == "modes":
+                    apply_modes(module, msg[1], msg[2])
                 elif msg[0] == "trainer":
                     trainer.update(msg[1])
                     if "optimizers" in msg[1]:
@@ -516,6 +520,7 @@ class AscentWorker:
         )
         self._conn = parent_conn
         self._trainer_sent = self._trainer_snapshot = self._one_groups = None
+        self._modes_sent: tuple[bool, ...] | None = None  # None: the replica's own, training mode throughout
         self._numbers_written = False
         self._optimizers, self._optimizers_epoch = None, -1
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
@@ -736,6 +741,7 @@ class AscentWorker:
                     return 0
             except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
                 pass
+        sent = 0
         try:
             counter = self._epoch_counter
             if counter is None or counter[0] is not trainer:
@@ -745,19 +751,20 @@ class AscentWorker:
             if optimizers is None or epoch != self._optimizers_epoch:  # the list, re-read once an epoch
                 optimizers, self._optimizers_epoch = trainer.optimizers, epoch
                 self._optimizers = optimizers
+                sent = self._send_modes(conn)
             groups = optimizers[0].param_groups if len(optimizers) == 1 else [
                 g for o in optimizers for g in o.param_groups]
             snapshot = (epoch, list(map(tuple, map(dict.values, groups))))
             previous = self._trainer_snapshot
             self._one_groups = groups if len(optimizers) == 1 else None
             if previous is not None and snapshot == previous:
-                return 0
+                return sent
             # Numbers alone changed (a new epoch, a scheduler's step): written in place, no message.
             if previous is not None and self._hyperparameters.write_numbers([o.param_groups for o in optimizers],
                                                                               epoch):
                 self._trainer_snapshot = snapshot
                 self._numbers_written = True
-                return 0
+                return sent
         except RuntimeError:  # a tensor-valued hyperparameter that compares ambiguously: the full check below
             snapshot = None  # (which no quick check equals)
         self._trainer_snapshot = snapshot
@@ -769,12 +776,29 @@ class AscentWorker:
         changed = {k: v for k, v in state.items() if k not in self._trainer_sent or self._trainer_sent[k] != v
                    or (k == "optimizers" and self._numbers_written)}
         if not changed:
-            return 0
+            return sent
         conn.send(("trainer", changed))
         self._trainer_sent.update(changed)
         if "optimizers" in changed:
             self._hyperparameters.adopt(changed["optimizers"])
             self._numbers_written = False
+        return sent + 1
+
+    def _send_modes(self, conn: Connection) -> int:
+        """Once an epoch: the module's train/eval modes, where they changed (see :func:`~.mirror.module_modes`).
+
+        A submodule that the user keeps in eval mode during training (a frozen batch norm) runs so in
+        the replica too, with the trainer's running statistics. Checked when an epoch starts (an
+        ``on_train_epoch_start`` hook has run by then), in one pass over the modules.
+
+        Returns:
+            The number of messages sent (0 or 1).
+        """
+        modes, sent = module_modes(self._module), self._modes_sent
+        self._modes_sent = modes
+        if modes == sent or (sent is None and all(modes)):  # (the replica starts in training mode throughout)
+            return 0
+        conn.send(("modes", modes, eval_statistics(self._module)))
         return 1
 
     def _require_conn(self) -> Connection:
