@@ -16,6 +16,13 @@ Commands (the digits recipe with b' = b = 32; 6 seeds, ~2 min):
 Or let it run them, with the second core probed before and after every run (``_common.CoreProbe``;
 the seeds whose two runs all met a spare core are summarized apart):
     python benchmarks/recipe_pairs.py runs/pairs --run 8 --name digits_recipe_bb
+
+``--control-batch-size 1`` adds a third run per seed (the order rotating over the three): AsyncSAM
+with b' = 1, whose worker barely computes. It splits AsyncSAM's excess over SGD in two, in the same
+minutes: ``b' = 1 x SGD`` is what the trainer's thread pays (the strategy's own work, as at any b'),
+``b' = b x b' = 1`` what the worker's computing beside it costs (on a VM whose two vCPUs share a
+host core's units or caches, each millisecond of the worker's ascent slows the trainer's too):
+    python benchmarks/recipe_pairs.py runs/triples --run 10 --control-batch-size 1 --name digits_recipe_split
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import shutil
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
 try:
     from benchmarks._common import SHARED_CORE, CoreProbe, environment, environment_markdown, write_results
@@ -50,26 +58,33 @@ def run_times(run_dir: Path) -> tuple[float, float] | None:
     return statistics.median(epochs[1:]), statistics.median(speed[1:])
 
 
-def run_pairs(root: Path, seeds: int, algorithm: str, against: str, ascent_batch_size: int) -> None:
+def run_pairs(root: Path, seeds: int, algorithm: str, against: str, ascent_batch_size: int,
+              control: int | None = None) -> None:
     """``asyncsam-train`` on the default recipe, both algorithms seed by seed (the order alternating), under ``root``.
 
-    The second core is probed before and after every run; the readings go to the run's
-    :data:`PROBE_FILE`.
+    With ``control``, a third run per seed: ``algorithm`` with b' = ``control`` (the order rotating
+    over the three). The second core is probed before and after every run; the readings go to the
+    run's :data:`PROBE_FILE`.
     """
+    arms = [(against, None), (algorithm, ascent_batch_size)]
+    if control is not None:
+        arms.append((algorithm, control))
     with CoreProbe() as cores:
         for seed in range(seeds):
-            pair = [against, algorithm] if seed % 2 == 0 else [algorithm, against]
-            for name in pair:
-                sweep = root / f"{name}{seed}"
+            turn = seed % len(arms)
+            order = arms[turn:] + arms[:turn] if control is not None else arms[::1 if seed % 2 == 0 else -1]
+            for name, size in order:
+                main_arm = size is None or size == ascent_batch_size
+                sweep = root / (f"{name}{seed}" if main_arm else f"{name}_b{size}_{seed}")
                 shutil.rmtree(sweep, ignore_errors=True)
                 command = ["asyncsam-train", "-m", f"algorithm={name}", f"seed={seed}", f"hydra.sweep.dir={sweep}"]
                 if name == "asyncsam":
-                    command.append(f"algorithm.strategy.ascent_batch_size={ascent_batch_size}")
+                    command.append(f"algorithm.strategy.ascent_batch_size={size}")
                 before = cores.probe()
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 after = cores.probe()
                 (sweep / PROBE_FILE).write_text(json.dumps([p["slowdown"] for p in (before, after) if p]) + "\n")
-                print(f"seed {seed} {name}: done", flush=True)
+                print(f"seed {seed} {name}{'' if size is None else f' b={size}'}: done", flush=True)
 
 
 def _probes(run_dir: Path, root: Path) -> list[float]:
@@ -82,6 +97,16 @@ def _probes(run_dir: Path, root: Path) -> list[float]:
     return []
 
 
+def _arm(info: dict[str, Any], algorithm: str, against: str, control: int | None) -> str | None:
+    """Which arm a run's ``summary.json`` belongs to: "algorithm", "against", "control" (b' = ``control``), or None."""
+    name = info.get("algorithm")
+    if name == against:
+        return "against"
+    if name != algorithm:
+        return None
+    return "control" if control is not None and info.get("ascent_batch_size") == control else "algorithm"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="directories holding asyncsam-train runs")
@@ -90,12 +115,18 @@ def main() -> None:
     parser.add_argument("--run", type=int, default=0, metavar="SEEDS",
                         help="first run this many seeds of both algorithms under the (single) root, probing the cores")
     parser.add_argument("--ascent-batch-size", type=int, default=32, help="b' of the AsyncSAM runs that --run makes")
+    parser.add_argument("--control-batch-size", type=int, default=None, metavar="B1",
+                        help="a third arm: the algorithm with b' = B1 (see the module's docstring); its runs are "
+                             "told apart by their b'")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}; none: print only")
     args = parser.parse_args()
     if args.run:
         if len(args.roots) != 1:
             parser.error("--run takes one root")
-        run_pairs(args.roots[0], args.run, args.algorithm, args.against, args.ascent_batch_size)
+        if args.control_batch_size == args.ascent_batch_size:
+            parser.error("--control-batch-size must differ from --ascent-batch-size")
+        run_pairs(args.roots[0], args.run, args.algorithm, args.against, args.ascent_batch_size,
+                  args.control_batch_size)
     times: dict[tuple[str, int], tuple[float, float]] = {}
     probes: dict[tuple[str, int], list[float]] = {}
     recipe = None
@@ -103,44 +134,67 @@ def main() -> None:
         for summary in sorted(root.rglob("summary.json")):
             info = json.loads(summary.read_text())
             got = run_times(summary.parent)
-            if got is not None and info.get("algorithm") in (args.algorithm, args.against):
-                times[(info["algorithm"], int(info["seed"]))] = got
-                probes[(info["algorithm"], int(info["seed"]))] = _probes(summary.parent, root)
+            arm = _arm(info, args.algorithm, args.against, args.control_batch_size)
+            if got is not None and arm is not None:
+                times[(arm, int(info["seed"]))] = got
+                probes[(arm, int(info["seed"]))] = _probes(summary.parent, root)
                 recipe = info.get("recipe", recipe)
-    seeds = sorted(s for a, s in times if a == args.algorithm and (args.against, s) in times)
+    arms = ["algorithm", "against"] + (["control"] if args.control_batch_size is not None else [])
+    seeds = sorted(s for a, s in times if a == "algorithm" and all((b, s) in times for b in arms))
     if not seeds:
-        parser.error(f"no seed has runs of both {args.algorithm!r} and {args.against!r} under {args.roots}")
+        control = "" if args.control_batch_size is None else f", b={args.control_batch_size}"
+        parser.error(f"no seed has runs of every arm ({args.algorithm!r}, {args.against!r}{control}) "
+                     f"under {args.roots}")
     rows, epoch_ratios, train_ratios = [], [], []
+    control_ratios: list[float] = []  # the control arm's epoch x against's
+    compute_ratios: list[float] = []  # the algorithm's epoch x the control arm's: the worker's computing
     spare: list[int] = []  # the seeds whose two runs met a spare second core before and after
     for s in seeds:
-        (a_epoch, a_speed), (b_epoch, b_speed) = times[(args.algorithm, s)], times[(args.against, s)]
+        (a_epoch, a_speed), (b_epoch, b_speed) = times[("algorithm", s)], times[("against", s)]
         epoch_ratios.append(a_epoch / b_epoch)
         train_ratios.append(b_speed / a_speed)  # the same images an epoch: the ratio of training times
-        readings = probes[(args.algorithm, s)] + probes[(args.against, s)]
+        readings = [r for arm in arms for r in probes[(arm, s)]]
         if readings and max(readings) < SHARED_CORE:
             spare.append(s)
         core = f"{max(readings):.2f}x" if readings else ""
+        control = ""
+        if "control" in arms:
+            c_epoch = times[("control", s)][0]
+            control_ratios.append(c_epoch / b_epoch)
+            compute_ratios.append(a_epoch / c_epoch)
+            control = f" {c_epoch * 1e3:.1f} ms | {control_ratios[-1]:.3f} | {compute_ratios[-1]:.3f} |"
         rows.append(f"| {s} | {b_epoch * 1e3:.1f} ms | {a_epoch * 1e3:.1f} ms | {epoch_ratios[-1]:.3f} | "
-                    f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} | {core} |")
+                    f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} | {core} |{control}")
+    b1 = args.control_batch_size
+    split = "control" in arms
     spare_rows = []
     if spare and len(spare) < len(seeds):
         pick = [i for i, s in enumerate(seeds) if s in spare]
         spare_rows = [f"| median, spare core ({len(spare)} seeds) | | | "
                       f"**{statistics.median(epoch_ratios[i] for i in pick):.3f}** | | | "
-                      f"**{statistics.median(train_ratios[i] for i in pick):.3f}** | |"]
+                      f"**{statistics.median(train_ratios[i] for i in pick):.3f}** | |" + (
+                          f" | **{statistics.median(control_ratios[i] for i in pick):.3f}** | "
+                          f"**{statistics.median(compute_ratios[i] for i in pick):.3f}** |" if split else "")]
+    split_text = ("" if not split else
+                  f" A third arm per seed, {args.algorithm} with b' = {b1} (the order rotating over the three): its x "
+                  f"{args.against} is what the trainer's thread pays at any b'; {args.algorithm} x it, what the "
+                  "worker's computing beside the trainer costs.")
     env = environment(probe_cores=False)
     table = "\n".join([
         f"Recipe {recipe}: {args.algorithm} against {args.against}, paired by seed. Steady-state epoch: median of "
         "epochs 2..N, validation included (`time/epoch_s`); training only: the median training images/s of epochs 2..N "
         "(validation excluded), its x the ratio of training times. Second core: the largest slowdown that a "
-        "compute-bound neighbour on it caused the first, probed before and after each of the seed's two runs "
-        f"(`_common.CoreProbe`; 1.00x: a spare core; from {SHARED_CORE}x on, shared).",
+        "compute-bound neighbour on it caused the first, probed before and after each of the seed's runs "
+        f"(`_common.CoreProbe`; 1.00x: a spare core; from {SHARED_CORE}x on, shared).{split_text}",
         "",
         f"| seed | {args.against} epoch | {args.algorithm} epoch | x | {args.against} training images/s | "
-        f"{args.algorithm} training images/s | x (training time) | second core |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{args.algorithm} training images/s | x (training time) | second core |"
+        + (f" b' = {b1} epoch | b' = {b1} x {args.against} | x b' = {b1} |" if split else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if split else ""),
         *rows,
-        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** | |",
+        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** | |"
+        + (f" | **{statistics.median(control_ratios):.3f}** | **{statistics.median(compute_ratios):.3f}** |"
+           if split else ""),
         *spare_rows,
         "",
         environment_markdown(env),
@@ -149,6 +203,7 @@ def main() -> None:
     if args.name:
         write_results(args.name, {"config": {k: str(v) for k, v in vars(args).items()}, "environment": env,
                                   "seeds": seeds, "epoch_ratio": epoch_ratios, "train_ratio": train_ratios,
+                                  "control_epoch_ratio": control_ratios, "epoch_ratio_over_control": compute_ratios,
                                   "core_slowdown": {f"{a}{s}": v for (a, s), v in probes.items()},
                                   "seeds_with_a_spare_core": spare}, table)
 
