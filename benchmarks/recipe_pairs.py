@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -97,24 +98,35 @@ def _probes(run_dir: Path, root: Path) -> list[float]:
     return []
 
 
-def _arm(info: dict[str, Any], algorithm: str, against: str, control: int | None) -> str | None:
-    """Which arm a run's ``summary.json`` belongs to: "algorithm", "against", "control" (b' = ``control``), or None."""
+def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control: int | None) -> str | None:
+    """Which arm a run's ``summary.json`` belongs to: "against", "algorithm" (b' = ``size``), "control", or None."""
     name = info.get("algorithm")
     if name == against:
         return "against"
     if name != algorithm:
         return None
-    return "control" if control is not None and info.get("ascent_batch_size") == control else "algorithm"
+    if control is not None and info.get("ascent_batch_size") == control:
+        return "control"
+    return "algorithm" if info.get("ascent_batch_size") == size else None
+
+
+def _median_ci(values: list[float], resamples: int = 2000) -> str:
+    """A 95% bootstrap interval of the median, "lo-hi" (a fixed generator: the same runs give the same interval)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return f"{medians[int(0.025 * resamples)]:.3f}-{medians[int(0.975 * resamples) - 1]:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="directories holding asyncsam-train runs")
+    parser.add_argument("roots", nargs="+", type=Path,
+                        help="directories holding asyncsam-train runs; several are pooled, a seed of each paired apart")
     parser.add_argument("--algorithm", default="asyncsam")
     parser.add_argument("--against", default="sgd")
     parser.add_argument("--run", type=int, default=0, metavar="SEEDS",
                         help="first run this many seeds of both algorithms under the (single) root, probing the cores")
-    parser.add_argument("--ascent-batch-size", type=int, default=32, help="b' of the AsyncSAM runs that --run makes")
+    parser.add_argument("--ascent-batch-size", type=int, default=32,
+                        help="b' of the AsyncSAM runs that --run makes, and of those read (others are left out)")
     parser.add_argument("--control-batch-size", type=int, default=None, metavar="B1",
                         help="a third arm: the algorithm with b' = B1 (see the module's docstring); its runs are "
                              "told apart by their b'")
@@ -127,20 +139,23 @@ def main() -> None:
             parser.error("--control-batch-size must differ from --ascent-batch-size")
         run_pairs(args.roots[0], args.run, args.algorithm, args.against, args.ascent_batch_size,
                   args.control_batch_size)
-    times: dict[tuple[str, int], tuple[float, float]] = {}
-    probes: dict[tuple[str, int], list[float]] = {}
+    # Keyed by (arm, seed): a seed of each root, where several roots are pooled ("root/seed").
+    times: dict[tuple[str, str], tuple[float, float]] = {}
+    probes: dict[tuple[str, str], list[float]] = {}
     recipe = None
     for root in args.roots:
         for summary in sorted(root.rglob("summary.json")):
             info = json.loads(summary.read_text())
             got = run_times(summary.parent)
-            arm = _arm(info, args.algorithm, args.against, args.control_batch_size)
+            arm = _arm(info, args.algorithm, args.against, args.ascent_batch_size, args.control_batch_size)
+            seed = str(info["seed"]) if len(args.roots) == 1 else f"{root.name}/{info['seed']}"
             if got is not None and arm is not None:
-                times[(arm, int(info["seed"]))] = got
-                probes[(arm, int(info["seed"]))] = _probes(summary.parent, root)
+                times[(arm, seed)] = got
+                probes[(arm, seed)] = _probes(summary.parent, root)
                 recipe = info.get("recipe", recipe)
     arms = ["algorithm", "against"] + (["control"] if args.control_batch_size is not None else [])
-    seeds = sorted(s for a, s in times if a == "algorithm" and all((b, s) in times for b in arms))
+    seeds = sorted((s for a, s in times if a == "algorithm" and all((b, s) in times for b in arms)),
+                   key=lambda s: (s.rpartition("/")[0], int(s.rpartition("/")[2])))
     if not seeds:
         control = "" if args.control_batch_size is None else f", b={args.control_batch_size}"
         parser.error(f"no seed has runs of every arm ({args.algorithm!r}, {args.against!r}{control}) "
@@ -148,7 +163,7 @@ def main() -> None:
     rows, epoch_ratios, train_ratios = [], [], []
     control_ratios: list[float] = []  # the control arm's epoch x against's
     compute_ratios: list[float] = []  # the algorithm's epoch x the control arm's: the worker's computing
-    spare: list[int] = []  # the seeds whose two runs met a spare second core before and after
+    spare: list[str] = []  # the seeds whose runs all met a spare second core before and after
     for s in seeds:
         (a_epoch, a_speed), (b_epoch, b_speed) = times[("algorithm", s)], times[("against", s)]
         epoch_ratios.append(a_epoch / b_epoch)
@@ -192,7 +207,8 @@ def main() -> None:
         + (f" b' = {b1} epoch | b' = {b1} x {args.against} | x b' = {b1} |" if split else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if split else ""),
         *rows,
-        f"| median | | | **{statistics.median(epoch_ratios):.3f}** | | | **{statistics.median(train_ratios):.3f}** | |"
+        f"| median (95% CI) | | | **{statistics.median(epoch_ratios):.3f}** ({_median_ci(epoch_ratios)}) | | | "
+        f"**{statistics.median(train_ratios):.3f}** | |"
         + (f" | **{statistics.median(control_ratios):.3f}** | **{statistics.median(compute_ratios):.3f}** |"
            if split else ""),
         *spare_rows,
