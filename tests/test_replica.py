@@ -311,3 +311,20 @@ def test_hyperparameters_stay_exact_across_messages_and_writes_in_place(tmp_path
     assert len(rows) == 2 * BATCHES
     for step, values in rows:
         assert values == seen[int(step)], (step, values, seen[int(step)])
+
+
+def test_modes_reach_the_replica_by_name_and_skip_what_only_one_side_has() -> None:
+    """A submodule made after the worker started (on either side) neither fails nor shifts the others' modes."""
+    from lightning_asyncsam.ascent.mirror import apply_modes, eval_statistics, module_modes
+
+    trainer_side = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout())
+    trainer_side.add_module("late", torch.nn.ReLU())  # only the trainer's module has it
+    trainer_side[1].running_var.fill_(4.0)
+    trainer_side[2].eval()
+    trainer_side[1].eval()
+    replica = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout())
+    replica.add_module("own", torch.nn.Tanh())  # only the replica has it
+    replica.eval()  # every module's flag is set, not only those the trainer's side names
+    apply_modes(replica, module_modes(trainer_side), eval_statistics(trainer_side))
+    assert [m.training for m in replica] == [True, False, False, True]
+    assert replica.training and replica[1].running_var.tolist() == [4.0, 4.0]

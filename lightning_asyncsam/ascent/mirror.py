@@ -70,17 +70,19 @@ def mirrored_tensors(module: nn.Module) -> dict[str, Tensor]:
     return {name: t for name, t in named_tensors(module).items() if name not in unread}
 
 
-def module_modes(module: nn.Module) -> tuple[bool, ...]:
-    """Each submodule's ``training`` flag, in ``modules()`` order (the replica's order: it is a copy).
+def module_modes(module: nn.Module) -> frozenset[str]:
+    """The names of the submodules in eval mode (``""``: the module itself), as ``named_modules()`` gives them.
 
     Example::
 
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> module_modes(net)
+        frozenset()
         >>> _ = net[1].eval()
         >>> module_modes(net)
-        (True, True, False)
+        frozenset({'1'})
     """
-    return tuple(m.training for m in module.modules())
+    return frozenset(name for name, sub in module.named_modules() if not sub.training)
 
 
 def eval_statistics(module: nn.Module) -> dict[str, Tensor]:
@@ -103,8 +105,11 @@ def eval_statistics(module: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def apply_modes(module: nn.Module, modes: tuple[bool, ...], statistics: dict[str, Tensor]) -> None:
+def apply_modes(module: nn.Module, in_eval: frozenset[str], statistics: dict[str, Tensor]) -> None:
     """Give the replica the trainer's modes (:func:`module_modes`) and eval-mode statistics (:func:`eval_statistics`).
+
+    By name: a submodule that only one side has (the user's code made it after the worker started)
+    is left as it is.
 
     Example::
 
@@ -115,15 +120,12 @@ def apply_modes(module: nn.Module, modes: tuple[bool, ...], statistics: dict[str
         >>> replica[1].training, replica[1].running_mean.tolist()
         (False, [3.0, 3.0])
     """
-    subs = list(module.modules())
-    if len(subs) != len(modes):
-        raise RuntimeError(f"AsyncSAM: the replica has {len(subs)} modules, the trainer's module {len(modes)}: the "
-                           "module's structure changed after the worker started")
-    for sub, training in zip(subs, modes):
-        sub.training = training
+    for name, sub in module.named_modules():
+        sub.training = name not in in_eval
     buffers = dict(module.named_buffers())
     for name, value in statistics.items():
-        buffers[name].copy_(value)
+        if name in buffers:
+            buffers[name].copy_(value)
 
 
 __all__ = ["apply_modes", "eval_statistics", "mirrored_tensors", "module_modes", "named_tensors", "unread_in_training"]

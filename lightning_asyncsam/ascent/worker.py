@@ -520,7 +520,7 @@ class AscentWorker:
         )
         self._conn = parent_conn
         self._trainer_sent = self._trainer_snapshot = self._one_groups = None
-        self._modes_sent: tuple[bool, ...] | None = None  # None: the replica's own, training mode throughout
+        self._modes_sent: frozenset[str] | None = None  # None: the replica's own, training mode throughout
         self._numbers_written = False
         self._optimizers, self._optimizers_epoch = None, -1
         with _main_module_hidden() if self.start_method == "spawn" else quiet_fork():
@@ -796,7 +796,7 @@ class AscentWorker:
         """
         modes, sent = module_modes(self._module), self._modes_sent
         self._modes_sent = modes
-        if modes == sent or (sent is None and all(modes)):  # (the replica starts in training mode throughout)
+        if modes == sent or (sent is None and not modes):  # (the replica starts in training mode throughout)
             return 0
         conn.send(("modes", modes, eval_statistics(self._module)))
         return 1
