@@ -281,11 +281,11 @@ def profile(epochs: int, top: int) -> str:
 def robust_step_cost(clock: EpochClock) -> float:
     """The added cost per step, robust to preemption: each kind of step's median, weighted by its share.
 
-    Steps differ by kind: a logging step computes the diagnostics and hands them to the loggers;
-    the step after it (which carried the loggers' call until the totals became running ones read
-    at each batch start, the eleventh round); an epoch's first step restarts the lookahead; the
-    others. Each kind's median, weighted by its share of the steps, is the mean without the spikes that a VM's steal time puts into a timed region now and
-    then, and with every kind's systematic cost.
+    Steps differ by kind: a logging step computes the diagnostics and hands them to the loggers; the
+    step after it (which carried the loggers' call until the totals became running ones read at each
+    batch start, the eleventh round); an epoch's first step restarts the lookahead; the others. Each
+    kind's median, weighted by its share of the steps, is the mean without the spikes that a VM's
+    steal time puts into a timed region now and then, and with every kind's systematic cost.
     """
     return sum(k["share"] * k["median_ms"] for k in step_kinds(clock).values())
 

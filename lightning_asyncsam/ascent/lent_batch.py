@@ -16,7 +16,8 @@ place; Lightning's own precision casts make new tensors), and only where the nex
 hooks cannot reach it before the worker has read it: beside a GPU they get the device's copy, and
 on a CPU (where they get the host batch itself) the worker reads the batch before its "read" post,
 which the trainer takes before the current step ends (live weights; without them, batches are
-copied). That next step begins by collecting the gradient that the worker computed on the batch. The trainer keeps a reference to the batch until its next submission
+copied). That next step begins by collecting the gradient that the worker computed on the batch.
+The trainer keeps a reference to the batch until its next submission
 (:class:`~lightning_asyncsam.ascent.worker.AscentWorker`), so its memory cannot be freed or reused
 before the read; a worker that is stopped reads nothing. Only tensors that are contiguous, on the
 CPU and of a real dtype are lent (their rows are a prefix of their memory); anything else, or a

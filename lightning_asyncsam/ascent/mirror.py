@@ -21,6 +21,8 @@ the replica follows the trainer's modes: each epoch's first step sends them wher
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -48,13 +50,17 @@ def unread_in_training(module: nn.Module) -> set[str]:
         >>> sorted(unread_in_training(net))
         ['1.num_batches_tracked', '1.running_mean', '1.running_var']
     """
-    names: set[str] = set()
+    return {name for name, _, _ in _running_statistics(module)}
+
+
+def _running_statistics(module: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
+    """(name, normalization, buffer) of each running statistic that a training-mode forward only writes."""
     for prefix, sub in module.named_modules():
         if type(sub) in _STATS_WRITTEN_ONLY:
             for buffer in _RUNNING_STATS:
-                if getattr(sub, buffer, None) is not None:
-                    names.add(f"{prefix}.{buffer}" if prefix else buffer)
-    return names
+                value = getattr(sub, buffer, None)
+                if value is not None:
+                    yield (f"{prefix}.{buffer}" if prefix else buffer), sub, value
 
 
 def mirrored_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -94,14 +100,8 @@ def eval_statistics(module: nn.Module) -> dict[str, Tensor]:
         >>> sorted(eval_statistics(net)), sorted(eval_statistics(net.eval()))
         ([], ['1.num_batches_tracked', '1.running_mean', '1.running_var'])
     """
-    out: dict[str, Tensor] = {}
-    for prefix, sub in module.named_modules():
-        if type(sub) in _STATS_WRITTEN_ONLY and not sub.training:
-            for buffer in _RUNNING_STATS:
-                value = getattr(sub, buffer, None)
-                if value is not None:
-                    out[f"{prefix}.{buffer}" if prefix else buffer] = value.detach().to("cpu", copy=True)
-    return out
+    return {name: value.detach().to("cpu", copy=True) for name, sub, value in _running_statistics(module)
+            if not sub.training}
 
 
 @torch.no_grad()

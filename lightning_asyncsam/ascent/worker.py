@@ -106,9 +106,9 @@ times every override that Lightning calls per batch (``training_step``, ``post_b
 ``optimizer_step`` and its closure, ``batch_to_device``, the lookahead), waiting for the worker
 excluded, into running totals that only a logging step reads (its window is their difference since
 the last log: no other step keeps an account); benchmarks/overhead.py checks it against the
-difference to SGD, side by side, and benchmarks/worker_interference.py separates what the worker's activity costs the trainer. Measured
-on this project's 2-core VM (digits recipe, b = 32, ``log_every_n_steps=10``): 0.085-0.13 ms per
-step over 12 interleaved repetitions, 2.5-3.3% of SGD's step (which took 3.4-5.1 ms), the logging
+difference to SGD, side by side, and benchmarks/worker_interference.py separates what the
+worker's activity costs the trainer. Measured on this project's 2-core VM (digits recipe, b = 32,
+``log_every_n_steps=10``): 0.085-0.13 ms per step over 12 interleaved repetitions, 2.5-3.3% of SGD's step (which took 3.4-5.1 ms), the logging
 steps' share included (about 0.16 ms each, four in an epoch of 45 steps: an epoch's last step logs
 only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
 writer is built once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound
