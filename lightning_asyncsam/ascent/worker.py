@@ -108,22 +108,23 @@ excluded, into running totals that only a logging step reads (its window is thei
 the last log: no other step keeps an account); benchmarks/overhead.py checks it against the
 difference to SGD, side by side, and benchmarks/worker_interference.py separates what the
 worker's activity costs the trainer. Measured on this project's 2-core VM (digits recipe, b = 32,
-``log_every_n_steps=10``): 0.085-0.13 ms per step over 12 interleaved repetitions, 2.5-3.3% of SGD's step (which took 3.4-5.1 ms), the logging
-steps' share included (about 0.16 ms each, four in an epoch of 45 steps: an epoch's last step logs
-only when the epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing
-writer is built once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound
-to its source: no Python frame), and the global step is read through a counter made once
-per fit (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What
-remains is mostly cold: in the middle of a step the first call of a tensor operation's code costs
-13-17 microseconds (a copy, an addition, through torch or NumPy alike; the same call repeated at
-once costs a tenth), each Python call about 0.3-0.5 where a tight loop pays a tenth of that, and
-the 96 KB that perturb moves come from memory that a forward and a backward have evicted (of the
-four copies of the first rounds, the restore's became the swap, the publishing one the worker's
-own read of w_t and the batch slot's the worker's own read of a lent batch, which left the
-perturbation the step's one cold tensor call). So the steady state runs as few Python lines as it can (about 200 of this
-package's per step in 24 calls, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``),
-and the rare cases (a stale or held gradient, a wait, the start-up, a GPU's stream sync) live in
-methods of their own, off the common path.
+``log_every_n_steps=10``): 0.080-0.121 ms per step over 12 interleaved repetitions, 2.4-2.7% of
+SGD's step (which took 3.2-4.6 ms; the eleventh and twelfth rounds), the logging steps' share included (about 0.16 ms each, four in an
+epoch of 45 steps: an epoch's last step logs only when the epoch has not,
+:func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing writer is built once per worker
+(on a GPU, for one flat buffer, the tensor's own ``copy_`` bound to its source: no Python frame),
+and the global step is read through a counter made once per fit
+(:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What remains is mostly cold: in
+the middle of a step the first call of a tensor operation's code costs 13-17 microseconds (a copy,
+an addition, through torch or NumPy alike; the same call repeated at once costs a tenth), each
+Python call about 0.3-0.5 where a tight loop pays a tenth of that, and the 96 KB that perturb moves
+come from memory that a forward and a backward have evicted (of the four copies of the first rounds,
+the restore's became the swap, the publishing one the worker's own read of w_t and the batch slot's
+the worker's own read of a lent batch, which left the perturbation the step's one cold tensor call).
+So the steady state runs as few Python lines as it can (about 200 of this package's per step in 24
+calls, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``), and the rare
+cases (a stale or held gradient, a wait, the start-up, a GPU's stream sync) live in methods of their
+own, off the common path.
 
 The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
 dtype reads ``w_t`` into the replica's flat parameters, from the trainer's live buffers or the
