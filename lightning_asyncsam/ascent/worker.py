@@ -109,11 +109,11 @@ the last log: no other step keeps an account); benchmarks/overhead.py checks it 
 difference to SGD, side by side, and benchmarks/worker_interference.py separates what the
 worker's activity costs the trainer. Measured on this project's 2-core VM (digits recipe, b = 32,
 ``log_every_n_steps=10``): 0.080-0.121 ms per step over 12 interleaved repetitions, 2.4-2.7% of
-SGD's step (which took 3.2-4.6 ms; the eleventh and twelfth rounds), the logging steps' share included (about 0.16 ms each, four in an
-epoch of 45 steps: an epoch's last step logs only when the epoch has not,
-:func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing writer is built once per worker
-(on a GPU, for one flat buffer, the tensor's own ``copy_`` bound to its source: no Python frame),
-and the global step is read through a counter made once per fit
+SGD's step (which took 3.2-4.6 ms; the eleventh and twelfth rounds), the logging steps' share
+included (about 0.16 ms each, four in an epoch of 45 steps: an epoch's last step logs only when the
+epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing writer is built
+once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound to its source: no
+Python frame), and the global step is read through a counter made once per fit
 (:func:`~lightning_asyncsam.logging_steps.optimizer_step_counter`). What remains is mostly cold: in
 the middle of a step the first call of a tensor operation's code costs 13-17 microseconds (a copy,
 an addition, through torch or NumPy alike; the same call repeated at once costs a tenth), each
