@@ -23,6 +23,11 @@ minutes: ``b' = 1 x SGD`` is what the trainer's thread pays (the strategy's own 
 ``b' = b x b' = 1`` what the worker's computing beside it costs (on a VM whose two vCPUs share a
 host core's units or caches, each millisecond of the worker's ascent slows the trainer's too):
     python benchmarks/recipe_pairs.py runs/triples --run 10 --control-batch-size 1 --name digits_recipe_split
+
+``--control-memory-format preserve`` makes the third run AsyncSAM at the same b' with the replica in
+the module's own layout (``ascent_memory_format``; the default "auto" puts a CPU replica's
+convolution weights in channels_last): the same minutes for the layout's effect on the trainer:
+    python benchmarks/recipe_pairs.py runs/layout --run 10 --control-memory-format preserve --name digits_recipe_layout
 """
 
 from __future__ import annotations
@@ -60,32 +65,42 @@ def run_times(run_dir: Path) -> tuple[float, float] | None:
 
 
 def run_pairs(root: Path, seeds: int, algorithm: str, against: str, ascent_batch_size: int,
-              control: int | None = None) -> None:
+              control: int | None = None, control_format: str | None = None) -> None:
     """``asyncsam-train`` on the default recipe, both algorithms seed by seed (the order alternating), under ``root``.
 
     With ``control``, a third run per seed: ``algorithm`` with b' = ``control`` (the order rotating
-    over the three). The second core is probed before and after every run; the readings go to the
-    run's :data:`PROBE_FILE`.
+    over the three); with ``control_format``, the third run is ``algorithm`` at ``ascent_batch_size``
+    with that ``ascent_memory_format``. The second core is probed before and after every run; the
+    readings go to the run's :data:`PROBE_FILE`.
     """
-    arms = [(against, None), (algorithm, ascent_batch_size)]
+    arms: list[tuple[str, int | None, str | None]] = [(against, None, None), (algorithm, ascent_batch_size, None)]
     if control is not None:
-        arms.append((algorithm, control))
+        arms.append((algorithm, control, None))
+    if control_format is not None:
+        arms.append((algorithm, ascent_batch_size, control_format))
     with CoreProbe() as cores:
         for seed in range(seeds):
             turn = seed % len(arms)
-            order = arms[turn:] + arms[:turn] if control is not None else arms[::1 if seed % 2 == 0 else -1]
-            for name, size in order:
-                main_arm = size is None or size == ascent_batch_size
-                sweep = root / (f"{name}{seed}" if main_arm else f"{name}_b{size}_{seed}")
+            order = arms[turn:] + arms[:turn] if len(arms) > 2 else arms[::1 if seed % 2 == 0 else -1]
+            for name, size, layout in order:
+                if layout is not None:
+                    sweep = root / f"{name}_{layout}_{seed}"
+                elif size is None or size == ascent_batch_size:
+                    sweep = root / f"{name}{seed}"
+                else:
+                    sweep = root / f"{name}_b{size}_{seed}"
                 shutil.rmtree(sweep, ignore_errors=True)
                 command = ["asyncsam-train", "-m", f"algorithm={name}", f"seed={seed}", f"hydra.sweep.dir={sweep}"]
                 if name == "asyncsam":
                     command.append(f"algorithm.strategy.ascent_batch_size={size}")
+                if layout is not None:
+                    command.append(f"algorithm.strategy.ascent_memory_format={layout}")
                 before = cores.probe()
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 after = cores.probe()
                 (sweep / PROBE_FILE).write_text(json.dumps([p["slowdown"] for p in (before, after) if p]) + "\n")
-                print(f"seed {seed} {name}{'' if size is None else f' b={size}'}: done", flush=True)
+                print(f"seed {seed} {name}{'' if size is None else f' b={size}'}{'' if layout is None else f' {layout}'}:"
+                      " done", flush=True)
 
 
 def _probes(run_dir: Path, root: Path) -> list[float]:
@@ -98,8 +113,13 @@ def _probes(run_dir: Path, root: Path) -> list[float]:
     return []
 
 
-def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control: int | None) -> str | None:
-    """Which arm a run's ``summary.json`` belongs to: "against", "algorithm" (b' = ``size``), "control", or None."""
+def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control: int | None,
+         control_format: str | None = None) -> str | None:
+    """Which arm a run's ``summary.json`` belongs to: "against", "algorithm" (b' = ``size``), "control", or None.
+
+    With ``control_format``, the control arm is b' = ``size`` with that ``ascent_memory_format``
+    (a run from before the summary recorded it counts as the main arm).
+    """
     name = info.get("algorithm")
     if name == against:
         return "against"
@@ -107,7 +127,11 @@ def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control:
         return None
     if control is not None and info.get("ascent_batch_size") == control:
         return "control"
-    return "algorithm" if info.get("ascent_batch_size") == size else None
+    if info.get("ascent_batch_size") != size:
+        return None
+    if control_format is not None and info.get("ascent_memory_format") == control_format:
+        return "control"
+    return "algorithm"
 
 
 def _median_ci(values: list[float], resamples: int = 2000) -> str:
@@ -130,15 +154,20 @@ def main() -> None:
     parser.add_argument("--control-batch-size", type=int, default=None, metavar="B1",
                         help="a third arm: the algorithm with b' = B1 (see the module's docstring); its runs are "
                              "told apart by their b'")
+    parser.add_argument("--control-memory-format", choices=("preserve", "channels_last"), default=None,
+                        help="a third arm: the algorithm at --ascent-batch-size with this ascent_memory_format (the "
+                             "main arm keeps the recipe's, 'auto'); its runs are told apart by their summary")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}; none: print only")
     args = parser.parse_args()
+    if args.control_batch_size is not None and args.control_memory_format is not None:
+        parser.error("--control-batch-size and --control-memory-format are two third arms: give one")
     if args.run:
         if len(args.roots) != 1:
             parser.error("--run takes one root")
         if args.control_batch_size == args.ascent_batch_size:
             parser.error("--control-batch-size must differ from --ascent-batch-size")
         run_pairs(args.roots[0], args.run, args.algorithm, args.against, args.ascent_batch_size,
-                  args.control_batch_size)
+                  args.control_batch_size, args.control_memory_format)
     # Keyed by (arm, seed): a seed of each root, where several roots are pooled ("root/seed").
     times: dict[tuple[str, str], tuple[float, float]] = {}
     probes: dict[tuple[str, str], list[float]] = {}
@@ -147,17 +176,22 @@ def main() -> None:
         for summary in sorted(root.rglob("summary.json")):
             info = json.loads(summary.read_text())
             got = run_times(summary.parent)
-            arm = _arm(info, args.algorithm, args.against, args.ascent_batch_size, args.control_batch_size)
+            arm = _arm(info, args.algorithm, args.against, args.ascent_batch_size, args.control_batch_size,
+                       args.control_memory_format)
             seed = str(info["seed"]) if len(args.roots) == 1 else f"{root.name}/{info['seed']}"
             if got is not None and arm is not None:
                 times[(arm, seed)] = got
                 probes[(arm, seed)] = _probes(summary.parent, root)
                 recipe = info.get("recipe", recipe)
-    arms = ["algorithm", "against"] + (["control"] if args.control_batch_size is not None else [])
+    controlled = args.control_batch_size is not None or args.control_memory_format is not None
+    arms = ["algorithm", "against"] + (["control"] if controlled else [])
+    # The third arm's name in the table: its b', or its layout.
+    label = (f"b' = {args.control_batch_size}" if args.control_batch_size is not None
+             else str(args.control_memory_format))
     seeds = sorted((s for a, s in times if a == "algorithm" and all((b, s) in times for b in arms)),
                    key=lambda s: (s.rpartition("/")[0], int(s.rpartition("/")[2])))
     if not seeds:
-        control = "" if args.control_batch_size is None else f", b={args.control_batch_size}"
+        control = f", {label}" if controlled else ""
         parser.error(f"no seed has runs of every arm ({args.algorithm!r}, {args.against!r}{control}) "
                      f"under {args.roots}")
     rows, epoch_ratios, train_ratios = [], [], []
@@ -180,7 +214,6 @@ def main() -> None:
             control = f" {c_epoch * 1e3:.1f} ms | {control_ratios[-1]:.3f} | {compute_ratios[-1]:.3f} |"
         rows.append(f"| {s} | {b_epoch * 1e3:.1f} ms | {a_epoch * 1e3:.1f} ms | {epoch_ratios[-1]:.3f} | "
                     f"{b_speed:.0f} | {a_speed:.0f} | {train_ratios[-1]:.3f} | {core} |{control}")
-    b1 = args.control_batch_size
     split = "control" in arms
     spare_rows = []
     if spare and len(spare) < len(seeds):
@@ -190,10 +223,15 @@ def main() -> None:
                       f"**{statistics.median(train_ratios[i] for i in pick):.3f}** | |" + (
                           f" | **{statistics.median(control_ratios[i] for i in pick):.3f}** | "
                           f"**{statistics.median(compute_ratios[i] for i in pick):.3f}** |" if split else "")]
-    split_text = ("" if not split else
-                  f" A third arm per seed, {args.algorithm} with b' = {b1} (the order rotating over the three): its x "
-                  f"{args.against} is what the trainer's thread pays at any b'; {args.algorithm} x it, what the "
-                  "worker's computing beside the trainer costs.")
+    if not split:
+        split_text = ""
+    elif args.control_batch_size is not None:
+        split_text = (f" A third arm per seed, {args.algorithm} with {label} (the order rotating over the three): its "
+                      f"x {args.against} is what the trainer's thread pays at any b'; {args.algorithm} x it, what the "
+                      "worker's computing beside the trainer costs.")
+    else:
+        split_text = (f" A third arm per seed, {args.algorithm} at the same b' with ascent_memory_format={label} (the "
+                      f"order rotating over the three): {args.algorithm} x it is what the replica's layout changes.")
     env = environment(probe_cores=False)
     table = "\n".join([
         f"Recipe {recipe}: {args.algorithm} against {args.against}, paired by seed. Steady-state epoch: median of "
@@ -204,7 +242,7 @@ def main() -> None:
         "",
         f"| seed | {args.against} epoch | {args.algorithm} epoch | x | {args.against} training images/s | "
         f"{args.algorithm} training images/s | x (training time) | second core |"
-        + (f" b' = {b1} epoch | b' = {b1} x {args.against} | x b' = {b1} |" if split else ""),
+        + (f" {label} epoch | {label} x {args.against} | x {label} |" if split else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if split else ""),
         *rows,
         f"| median (95% CI) | | | **{statistics.median(epoch_ratios):.3f}** ({_median_ci(epoch_ratios)}) | | | "

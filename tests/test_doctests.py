@@ -13,6 +13,7 @@ MODULES = [
     "ascent.mailbox",
     "ascent.flat_params",
     "ascent.mirror",
+    "ascent.memory_format",
     "strategies.state",
     "functional",
     "ascent.autotune",

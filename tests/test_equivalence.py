@@ -5,7 +5,9 @@ This is the proof that the asynchronous path is Eq. 3: same weights after every 
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -17,6 +19,7 @@ from tiny import (
     epochs_of,
     fit_float64,
     in_float64,
+    make_conv_net,
     make_data,
     make_optimizer,
     reference_asyncsam,
@@ -68,6 +71,50 @@ def test_asyncsam_replica_follows_a_frozen_batch_norm(frozen_from: int) -> None:
     want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, EPOCHS), RHO,
                               B // 2, "next", before_epoch=freeze)
     assert_trajectories_close(got, want)
+
+
+class TinyConv(TinyClassifier):
+    """The tiny classifier with 2-D convolutions (tests/tiny.py's ``make_conv_net``)."""
+
+    def __init__(self, optimizer: str, flatten_by_view: bool = False, probe: str | None = None) -> None:
+        super().__init__(optimizer)
+        self.net = make_conv_net(flatten_by_view=flatten_by_view, probe=probe)
+
+
+def _replica_layouts(path: Path) -> list[str]:
+    """The layouts that the worker's replica saw, in order (the trainer's own lines left out)."""
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [layout for pid, layout in lines if int(pid) != os.getpid()]
+
+
+@pytest.mark.parametrize(("memory_format", "flatten_by_view", "replica_sees"), [
+    ("auto", False, "channels_last"),     # a CPU worker, a module with 4-D weights
+    ("preserve", False, "contiguous"),
+    ("auto", True, "back"),               # x.view(n, -1) fails in channels_last: the module's layout again
+])
+def test_asyncsam_matches_algorithm_1_whatever_the_replicas_layout(
+        memory_format: str, flatten_by_view: bool, replica_sees: str, tmp_path: Path) -> None:
+    """The replica's weights in channels_last change its speed, not the trajectory (Eq. 3 to 1e-10)."""
+    probe = tmp_path / "layouts.txt"
+    got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=B // 2, ascent_threads=1,
+                                ascent_memory_format=memory_format), "sgd",
+               module=lambda optimizer: TinyConv(optimizer, flatten_by_view, str(probe)))
+    net = in_float64(lambda: make_conv_net(flatten_by_view=flatten_by_view))
+    want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), B, EPOCHS), RHO,
+                              B // 2, "next")
+    assert_trajectories_close(got, want)
+    seen = _replica_layouts(probe)
+    assert len(seen) >= EPOCHS * 48 // B - 1  # every ascent but the first step's, which is never started
+    if replica_sees == "back":  # the first ascent tried channels_last and failed; every later one ran as the module
+        assert seen[0] == "channels_last" and set(seen[1:]) == {"contiguous"}
+    else:
+        assert set(seen) == {replica_sees}
+
+
+def test_an_explicit_channels_last_that_the_module_cannot_run_fails_naming_it() -> None:
+    with pytest.raises(Exception, match="ascent_memory_format='channels_last'"):
+        _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=B, ascent_threads=1, ascent_memory_format="channels_last"),
+             "sgd", module=lambda optimizer: TinyConv(optimizer, flatten_by_view=True))
 
 
 @pytest.mark.parametrize("ascent_batch_size", [B, B // 4])

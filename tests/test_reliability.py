@@ -107,6 +107,7 @@ def test_keyboard_interrupt_shuts_everything_down() -> None:
         ({"ascent_cpus": []}, r"ascent_cpus=\[\] is not allowed: use 'auto', None, or a non-empty list"),
         ({"ascent_cpus": "all"}, r"ascent_cpus='all' is not allowed"),
         ({"ascent_cpus": [4096]}, r"ascent_cpus=\[4096\] is not allowed: use core ids among \["),
+        ({"ascent_memory_format": "nhwc"}, r"ascent_memory_format='nhwc' is not allowed: use 'auto', 'channels_last'"),
         ({"adaptive": "yes"}, r"adaptive='yes' is not allowed: use True"),
         ({"eta": -0.1}, r"eta=-0\.1 is not allowed"),
         ({"eta": float("inf")}, r"eta=inf is not allowed"),

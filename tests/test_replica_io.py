@@ -40,36 +40,50 @@ _CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torc
                                                                        reason="needs a CUDA device")])
 
 
+def _transpose_layout(p: torch.Tensor) -> None:
+    """Store the 2-D ``p`` column-major: in no layout that a flat buffer holds, so the per-tensor path."""
+    p.data = p.data.t().contiguous().t()
+
+
 @pytest.mark.parametrize("device", ["cpu", _CUDA])  # a CUDA replica: ascent_device="cuda:1", host buffers
 @pytest.mark.parametrize("rho", [None, 0.3])
-def test_flat_path_matches_per_tensor_path(rho: float | None, device: str) -> None:
+def test_flat_paths_match_the_per_tensor_path(rho: float | None, device: str) -> None:
+    """One flat buffer per dtype, with the replica's weights in the trainer's layout or in channels_last."""
     net = _net()
     params = list(net.parameters())
     weights = FlatTensors([p.detach() for p in params])
     x = torch.randn(4, 2, 4, 4, dtype=torch.float64, device=device)
-    results = []
-    for flat in (True, False):
+    results = {}
+    for layout in ("per_tensor", "flat", "channels_last"):
         replica = _replica_of(net).to(device)
         trainable = list(replica.parameters())
-        if not flat:  # channels_last is not flattenable: the per-tensor path
-            trainable[0].data = trainable[0].data.contiguous(memory_format=torch.channels_last)
+        if layout == "per_tensor":
+            _transpose_layout(trainable[2])  # the linear layer's weight
+        elif layout == "channels_last":
+            trainable[0].data = trainable[0].data.to(memory_format=torch.channels_last)
         out = FlatTensors(params)
         rio = ReplicaIO(trainable, trainable, weights, out)
-        assert rio.flat is flat
+        assert (rio.flat, rio.permuted) == {"per_tensor": (False, False), "flat": (True, False),
+                                            "channels_last": (True, True)}[layout]
+        if layout == "channels_last":  # the segment keeps the layout, and so does its gradient
+            assert trainable[0].is_contiguous(memory_format=torch.channels_last) and not trainable[0].is_contiguous()
         norms = []
         for step in range(3):  # the weights change between steps: each step reads them afresh
             weights.copy_from([p.detach() + 0.1 * step for p in params])
             norms.append(_step(replica, rio, weights, out, x, rho))
-        results.append((norms, [v.clone() for v in out.views()]))
-    (flat_norms, flat_out), (ref_norms, ref_out) = results
-    assert all(v.device.type == "cpu" for v in flat_out)  # delivered into the host buffers
+        if layout == "channels_last":
+            assert trainable[0].grad.stride() == trainable[0].stride()
+        results[layout] = (norms, [v.clone() for v in out.views()])
+    ref_norms, ref_out = results.pop("per_tensor")
     # On a GPU the two layouts may take different convolution kernels, which reduce in other orders.
     rtol, atol = (1e-12, 1e-15) if device == "cpu" else (1e-10, 1e-12)
-    assert flat_norms == pytest.approx(ref_norms, rel=rtol)
-    assert all(torch.allclose(a, b, rtol=rtol, atol=atol) for a, b in zip(flat_out, ref_out))
-    if rho is not None:
-        total = torch.linalg.vector_norm(torch.cat([v.flatten() for v in flat_out])).item()
-        assert total == pytest.approx(rho, rel=1e-9)  # e = rho g / ||g||
+    for norms, got in results.values():
+        assert all(v.device.type == "cpu" for v in got)  # delivered into the host buffers
+        assert norms == pytest.approx(ref_norms, rel=rtol)
+        assert all(torch.allclose(a, b, rtol=rtol, atol=atol) for a, b in zip(got, ref_out))
+        if rho is not None:
+            total = torch.linalg.vector_norm(torch.cat([v.flatten() for v in got])).item()
+            assert total == pytest.approx(rho, rel=1e-9)  # e = rho g / ||g||
 
 
 def test_the_gradient_is_the_replicas_own_at_the_published_weights() -> None:

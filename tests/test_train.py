@@ -93,9 +93,10 @@ def test_digits_run_writes_the_run_directory(algorithm: str, tmp_path: Path) -> 
     assert summary["first_epoch_time_s"] == summary["epoch_times_s"][0]
     if algorithm == "asyncsam":
         assert isinstance(summary["ascent_batch_size"], int) and 1 <= summary["ascent_batch_size"] <= 16
-        assert summary["ascent_device"] == summary["cpu"]
+        assert summary["ascent_device"] == summary["cpu"] and summary["ascent_memory_format"] == "auto"
     else:
         assert summary["ascent_batch_size"] is None and summary["ascent_device"] is None
+        assert summary["ascent_memory_format"] is None
     assert summary["descent_device"] == summary["cpu"]  # trained on the CPU here
 
     # The resolved config: plain values, no interpolation left.

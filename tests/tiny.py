@@ -6,6 +6,7 @@ match them parameter by parameter, step by step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -33,6 +34,40 @@ def make_net(seed: int = 0, batchnorm: bool = False) -> nn.Module:
         layers.append(nn.BatchNorm1d(7))
     layers += [nn.Tanh(), nn.Linear(7, N_CLASSES)]
     return nn.Sequential(*layers)
+
+
+class ViewFlatten(nn.Module):
+    """``x.view(n, -1)``, as much user code flattens: it fails on a ``channels_last`` activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.view(x.size(0), -1)
+
+
+class LayoutProbe(nn.Module):
+    """Identity that appends "<pid> channels_last" or "<pid> contiguous" to ``path`` (None: records nothing).
+
+    It sees the activation of a 2-D convolution: the replica's layout shows in the worker's lines.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.path is not None:
+            layout = "channels_last" if not x.is_contiguous() else "contiguous"
+            with open(self.path, "a") as f:
+                f.write(f"{os.getpid()} {layout}\n")
+        return x
+
+
+def make_conv_net(seed: int = 0, flatten_by_view: bool = False, probe: str | None = None) -> nn.Module:
+    """Two 2-D convolutions over the N_FEATURES features seen as a 1 x N_FEATURES image, then a linear layer."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 1, N_FEATURES)), nn.Conv2d(1, 4, (1, 3)), nn.Tanh(), nn.Conv2d(4, 6, (1, 2)), nn.Tanh(),
+        LayoutProbe(probe), ViewFlatten() if flatten_by_view else nn.Flatten(), nn.Linear(12, N_CLASSES),
+    )
 
 
 def make_data(n: int = 48, seed: int = 1, dtype: torch.dtype = torch.float64) -> TensorDataset:

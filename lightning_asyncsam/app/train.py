@@ -212,6 +212,8 @@ def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
         "device": str(root),
         "descent_device": device_name(root),
         "ascent_device": None if ascent is None else device_name(ascent),
+        # The replica's layout as asked ("auto", "channels_last", "preserve"; the worker resolves "auto").
+        "ascent_memory_format": getattr(trainer.strategy, "ascent_memory_format", None),
         "gpu": torch.cuda.get_device_name(root) if root.type == "cuda" else None,
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),

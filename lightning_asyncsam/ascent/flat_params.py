@@ -14,7 +14,11 @@ storage of its own again at the end of the fit, so that what the user saves afte
 example with safetensors, which refuses tensors that share a storage) sees independent tensors.
 Parameters that are not contiguous (``channels_last``), that already share a storage (tied
 weights are one parameter, and fine; ZeroRedundancyOptimizer's bucket views are not), or that live
-on several devices are left alone, and the strategy keeps its per-tensor path.
+on several devices are left alone, and the strategy keeps its per-tensor path. The ascent worker's
+replica, whose layout is its own (:mod:`lightning_asyncsam.ascent.memory_format`), asks for
+``dense`` buffers instead: a ``channels_last`` parameter then holds its segment in its own memory
+order, so that passes over all the values (zeroing, a norm, a scale) are still one operation per
+dtype, while a copy from or to tensors in another layout goes per tensor (:attr:`permuted`).
 
 With ``twins``, each buffer has a twin of the same size, and :attr:`FlatParameters.swap` trades
 their memory in O(1) (``UntypedStorage._swap_data_ptr_``, what inductor's CUDA-graph trees use to
@@ -49,6 +53,8 @@ class FlatParameters:
     Args:
         params: the trainable parameters, in the order that the flat buffers follow.
         twins: also keep a twin of each buffer, for :attr:`swap` (where torch can swap storages).
+        dense: also take parameters in ``channels_last``, each segment in its parameter's memory
+            order (see :attr:`permuted`); otherwise only contiguous ones.
 
     Example::
 
@@ -65,8 +71,11 @@ class FlatParameters:
         >>> flat.swap(); flat.release()  # and w again
     """
 
-    def __init__(self, params: Sequence[Tensor], twins: bool = False) -> None:
+    def __init__(self, params: Sequence[Tensor], twins: bool = False, dense: bool = False) -> None:
         self._params = list(params)
+        #: Whether a parameter's segment is in another order than its contiguous form (``dense`` only):
+        #: a flat buffer then holds the values, but not in the order of a contiguous copy of them.
+        self.permuted = False
         self.flats: list[Tensor] = []
         #: Same-sized twins of :attr:`flats` (empty without ``twins``), and :attr:`swap`: trades the
         #: memory of each buffer and its twin (a bound C call with no Python frame, for the hot path).
@@ -78,7 +87,7 @@ class FlatParameters:
         # the buffers (-1: it does not); anchor_ptr: that parameter's data_ptr, bound.
         self.first = -1
         self.anchor_ptr = (self._params[0] if self._params else torch.empty(0)).data_ptr
-        if not _flattenable(self._params):
+        if not _flattenable(self._params, dense):
             return
         groups: dict[torch.dtype, list[Tensor]] = {}
         for p in self._params:
@@ -89,7 +98,12 @@ class FlatParameters:
                 offset = 0
                 for p in members:
                     n = p.numel()
-                    view = flat[offset:offset + n].view_as(p)
+                    segment = flat[offset:offset + n]
+                    if dense:  # its own strides (a channels_last weight with one input channel keeps them)
+                        view = segment.as_strided(p.shape, p.stride())
+                        self.permuted = self.permuted or not p.is_contiguous()
+                    else:
+                        view = segment.view_as(p)
                     view.copy_(p)
                     p.data = view
                     offset += n
@@ -177,12 +191,13 @@ def _swaps_both_ways(like: Tensor) -> bool:
         return False
 
 
-def _flattenable(params: Sequence[Tensor]) -> bool:
-    """Contiguous, each with a storage of its own, all on one device: moving them changes nothing else."""
+def _flattenable(params: Sequence[Tensor], dense: bool = False) -> bool:
+    """Contiguous (or ``channels_last``, if ``dense``), each with a storage of its own, all on one device."""
     if not params or len({p.device for p in params}) != 1:
         return False
     for p in params:
-        if not p.is_contiguous() or p.storage_offset() != 0:
+        laid_out = p.is_contiguous() or (dense and p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+        if not laid_out or p.storage_offset() != 0:
             return False
         if p.untyped_storage().nbytes() != p.numel() * p.element_size():
             return False
