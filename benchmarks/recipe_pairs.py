@@ -28,6 +28,10 @@ host core's units or caches, each millisecond of the worker's ascent slows the t
 the module's own layout (``ascent_memory_format``; the default "auto" puts a CPU replica's
 convolution weights in channels_last): the same minutes for the layout's effect on the trainer:
     python benchmarks/recipe_pairs.py runs/layout --run 10 --control-memory-format preserve --name digits_recipe_layout
+
+``--memory-format auto`` reads only the AsyncSAM runs that recorded that layout, to pool the main
+arms of such runs with plain pairs:
+    python benchmarks/recipe_pairs.py runs/layout runs/pairs --memory-format auto --name digits_recipe_pooled
 """
 
 from __future__ import annotations
@@ -114,11 +118,12 @@ def _probes(run_dir: Path, root: Path) -> list[float]:
 
 
 def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control: int | None,
-         control_format: str | None = None) -> str | None:
+         control_format: str | None = None, memory_format: str | None = None) -> str | None:
     """Which arm a run's ``summary.json`` belongs to: "against", "algorithm" (b' = ``size``), "control", or None.
 
     With ``control_format``, the control arm is b' = ``size`` with that ``ascent_memory_format``
-    (a run from before the summary recorded it counts as the main arm).
+    (a run from before the summary recorded it counts as the main arm). With ``memory_format``, the
+    main arm takes only the runs that recorded that ``ascent_memory_format``.
     """
     name = info.get("algorithm")
     if name == against:
@@ -131,6 +136,8 @@ def _arm(info: dict[str, Any], algorithm: str, against: str, size: int, control:
         return None
     if control_format is not None and info.get("ascent_memory_format") == control_format:
         return "control"
+    if memory_format is not None and info.get("ascent_memory_format") != memory_format:
+        return None
     return "algorithm"
 
 
@@ -157,6 +164,9 @@ def main() -> None:
     parser.add_argument("--control-memory-format", choices=("preserve", "channels_last"), default=None,
                         help="a third arm: the algorithm at --ascent-batch-size with this ascent_memory_format (the "
                              "main arm keeps the recipe's, 'auto'); its runs are told apart by their summary")
+    parser.add_argument("--memory-format", choices=("auto", "preserve", "channels_last"), default=None,
+                        help="read only the algorithm's runs that recorded this ascent_memory_format (to pool the "
+                             "main arms of --control-memory-format runs with plain pairs); default: any")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}; none: print only")
     args = parser.parse_args()
     if args.control_batch_size is not None and args.control_memory_format is not None:
@@ -177,7 +187,7 @@ def main() -> None:
             info = json.loads(summary.read_text())
             got = run_times(summary.parent)
             arm = _arm(info, args.algorithm, args.against, args.ascent_batch_size, args.control_batch_size,
-                       args.control_memory_format)
+                       args.control_memory_format, args.memory_format)
             seed = str(info["seed"]) if len(args.roots) == 1 else f"{root.name}/{info['seed']}"
             if got is not None and arm is not None:
                 times[(arm, seed)] = got

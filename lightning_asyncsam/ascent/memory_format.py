@@ -5,19 +5,20 @@ to be whatever computes the ascent fastest on the worker's device. On a CPU, one
 and PyTorch's pooling and normalization kernels run faster in ``channels_last`` (NHWC) than in the
 default NCHW, and a convolution takes that layout when its weight has it, whatever its input's: its
 output then carries it on to the next layer. Measured on this project's 2-core VM (one thread, a
-forward and backward, float32):
+forward and backward, float32; ``benchmarks/replica_layout.py --models``,
+``benchmarks/results/replica_layout_models_cpu.md``):
 
-=====================  ==========  ==============  =====
-model, batch           NCHW        channels_last   ratio
-=====================  ==========  ==============  =====
-digits CNN, 32         1.88 ms     1.43 ms         0.76
-digits CNN, 1          0.54 ms     0.52 ms         0.95
-Speech Commands, 8     56.6 ms     42.8 ms         0.76
-ResNet-20, 32          119 ms      101 ms          0.85
-ResNet-50 (64 px), 4   1696 ms     1562 ms         0.92
-=====================  ==========  ==============  =====
+=========================  ==========  ==============  =====
+network, batch             NCHW        channels_last   ratio
+=========================  ==========  ==============  =====
+digits CNN, 32             2.18 ms     1.68 ms         0.77
+digits CNN, 1              0.56 ms     0.53 ms         0.95
+Speech Commands CNN, 8     55.2 ms     47.0 ms         0.85
+ResNet-20 (CIFAR), 32      127 ms      112 ms          0.88
+ResNet-50 (64 px), 4       1889 ms     1751 ms         0.93
+=========================  ==========  ==============  =====
 
-A quarter less of the worker's CPU time at b' = b matters twice: the ascent hides behind shorter
+Less of the worker's CPU time at b' = b matters twice: the ascent hides behind shorter
 descents, and on a machine whose cores share a clock, caches or a host core, every millisecond the
 worker computes is one the trainer's core may lose. The values are the same up to rounding (the
 summation order changes); the gradient leaves the worker in the trainer's layout.

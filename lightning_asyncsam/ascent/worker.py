@@ -108,9 +108,9 @@ excluded, into running totals that only a logging step reads (its window is thei
 the last log: no other step keeps an account); benchmarks/overhead.py checks it against the
 difference to SGD, side by side, and benchmarks/worker_interference.py separates what the
 worker's activity costs the trainer. Measured on this project's 2-core VM (digits recipe, b = 32,
-``log_every_n_steps=10``): 0.080-0.121 ms per step over 12 interleaved repetitions, 2.4-2.7% of
-SGD's step (which took 3.2-4.6 ms; the eleventh and twelfth rounds), the logging steps' share
-included (about 0.16 ms each, four in an epoch of 45 steps: an epoch's last step logs only when the
+``log_every_n_steps=10``): 0.080-0.125 ms per step over 12 interleaved repetitions, 2.4-2.9% of
+SGD's step (which took 3.2-4.6 ms; the eleventh to thirteenth rounds), the logging steps' share
+included (0.16-0.26 ms each, four in an epoch of 45 steps: an epoch's last step logs only when the
 epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing writer is built
 once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound to its source: no
 Python frame), and the global step is read through a counter made once per fit
@@ -133,8 +133,8 @@ published copy (the frozen parameters and buffers only when the trainer rewrote 
 flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multiplication per dtype
 into the shared buffer; the batch's views are sliced once per layout. On a CPU the replica's
 convolution weights are in ``channels_last`` (``ascent_memory_format="auto"``,
-:mod:`lightning_asyncsam.ascent.memory_format`): its forward and backward take about a quarter less
-time on this project's conv nets, which is time the worker's core does not take from the trainer's
+:mod:`lightning_asyncsam.ascent.memory_format`): its forward and backward take 7-23% less time on
+this project's conv nets (0.82x the worker's whole step on the digits recipe), which is time the worker's core does not take from the trainer's
 where the two share a host; ``w_t`` in and e out then cost one foreach copy each instead of one
 copy per dtype.
 """
