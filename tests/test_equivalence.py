@@ -93,7 +93,7 @@ def _replica_layouts(path: Path) -> list[str]:
     ("auto", True, "back"),               # x.view(n, -1) fails in channels_last: the module's layout again
 ])
 def test_asyncsam_matches_algorithm_1_whatever_the_replicas_layout(
-        memory_format: str, flatten_by_view: bool, replica_sees: str, tmp_path: Path) -> None:
+        memory_format: str, flatten_by_view: bool, replica_sees: str, tmp_path: Path, capfd) -> None:
     """The replica's weights in channels_last change its speed, not the trajectory (Eq. 3 to 1e-10)."""
     probe = tmp_path / "layouts.txt"
     got = _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=B // 2, ascent_threads=1,
@@ -105,10 +105,12 @@ def test_asyncsam_matches_algorithm_1_whatever_the_replicas_layout(
     assert_trajectories_close(got, want)
     seen = _replica_layouts(probe)
     assert len(seen) >= EPOCHS * 48 // B - 1  # every ascent but the first step's, which is never started
+    said = capfd.readouterr().err.count("the ascent replica runs in the module's own memory format")
     if replica_sees == "back":  # the first ascent tried channels_last and failed; every later one ran as the module
         assert seen[0] == "channels_last" and set(seen[1:]) == {"contiguous"}
+        assert said == 1  # once, on the inherited stderr
     else:
-        assert set(seen) == {replica_sees}
+        assert set(seen) == {replica_sees} and said == 0
 
 
 def test_an_explicit_channels_last_that_the_module_cannot_run_fails_naming_it() -> None:

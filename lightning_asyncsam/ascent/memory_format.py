@@ -27,7 +27,8 @@ summation order changes); the gradient leaves the worker in the trainer's layout
 the module has any, and keeps the module's own layout otherwise (and on a GPU, where nothing was
 measured). Where the module's code cannot run so (``x.view(n, -1)`` on a convolution's output
 fails on a ``channels_last`` tensor), the worker goes back to the module's layout for the rest of
-the fit, at the first step that fails, and retries that step; ``"channels_last"`` asks for the
+the fit, at the first step that fails, retries that step and says so once on the trainer's stderr
+(which it inherits); ``"channels_last"`` asks for the
 layout on any device and fails instead, naming the argument; ``"preserve"`` keeps the module's.
 """
 

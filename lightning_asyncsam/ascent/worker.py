@@ -359,9 +359,14 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
                     raise RuntimeError("AsyncSAM's ascent failed with the replica's weights in channels_last "
                                        "(ascent_memory_format='channels_last'): the module's code cannot run in "
                                        "that layout; use ascent_memory_format='auto' or 'preserve'") from error
-                # "auto": the module's own layout for the rest of the fit, and this step again in it.
+                # "auto": the module's own layout for the rest of the fit, and this step again in it;
+                # said once on the trainer's stderr (inherited), as the speed it gives up is the user's.
                 channels_last = False
                 set_channels_last(module, False)
+                sys.stderr.write(f"AsyncSAM: the ascent replica runs in the module's own memory format: its code "
+                                 f"failed in channels_last ({type(error).__name__}: {str(error)[:200]}). "
+                                 "ascent_memory_format='preserve' skips the attempt.\n")
+                sys.stderr.flush()
                 io.zero_grads()
                 ascent_loss(module, batch, batch_idx).backward()
             # Eq. 3's scale here, off the trainer's thread (with spec.rho): one multiplication per dtype.
