@@ -103,8 +103,8 @@ def run_pairs(root: Path, seeds: int, algorithm: str, against: str, ascent_batch
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 after = cores.probe()
                 (sweep / PROBE_FILE).write_text(json.dumps([p["slowdown"] for p in (before, after) if p]) + "\n")
-                print(f"seed {seed} {name}{'' if size is None else f' b={size}'}{'' if layout is None else f' {layout}'}:"
-                      " done", flush=True)
+                arm = name + ("" if size is None else f" b={size}") + ("" if layout is None else f" {layout}")
+                print(f"seed {seed} {arm}: done", flush=True)
 
 
 def _probes(run_dir: Path, root: Path) -> list[float]:

@@ -134,9 +134,9 @@ flat buffer per dtype, and ||g|| and Eq. 3's scaled e are one norm and one multi
 into the shared buffer; the batch's views are sliced once per layout. On a CPU the replica's
 convolution weights are in ``channels_last`` (``ascent_memory_format="auto"``,
 :mod:`lightning_asyncsam.ascent.memory_format`): its forward and backward take 7-23% less time on
-this project's conv nets (0.82x the worker's whole step on the digits recipe), which is time the worker's core does not take from the trainer's
-where the two share a host; ``w_t`` in and e out then cost one foreach copy each instead of one
-copy per dtype.
+this project's conv nets (the worker's whole step 0.82-0.89x on the digits recipe), time that the
+worker's core does not take from the trainer's where the two share a host; ``w_t`` in and e out
+then cost one foreach copy each instead of one copy per dtype.
 """
 
 from __future__ import annotations
@@ -286,8 +286,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec, weights: FlatTensors, grads
         # .to() also resets a LightningModule's remembered device, so `self.device` in the user's
         # training_step names the worker's device, not the trainer's GPU.
         module.to(device)
-        # Before anything holds the parameters' memory: ReplicaIO keeps flat buffers only for a layout
-        # that one buffer can hold (channels_last weights take the per-tensor path).
+        # Before ReplicaIO moves the parameters into its flat buffers, which keep each one's strides.
         channels_last = spec.memory_format != "preserve"
         if channels_last:
             set_channels_last(module, True)
