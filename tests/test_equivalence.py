@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from lightning_asyncsam import AsyncSAMStrategy, SAMStrategy
 from tiny import (
@@ -111,6 +112,31 @@ def test_asyncsam_matches_algorithm_1_whatever_the_replicas_layout(
         assert said == 1  # once, on the inherited stderr
     else:
         assert set(seen) == {replica_sees} and said == 0
+
+
+class FrozenConv(TinyConv):
+    """The first convolution frozen, and rescaled by the trainer when epoch 1 starts: the replica must copy it again."""
+
+    def __init__(self, optimizer: str) -> None:
+        super().__init__(optimizer)
+        self.net[1].weight.requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            with torch.no_grad():
+                self.net[1].weight.mul_(0.5)
+
+    def configure_optimizers(self):
+        return make_optimizer(self.optimizer_name, [p for p in self.parameters() if p.requires_grad])
+
+
+def test_a_frozen_convolution_that_the_trainer_rewrites_reaches_the_replica_in_any_layout() -> None:
+    """A frozen weight is mirrored apart from the trainable ones (copied when it changes), into channels_last too."""
+    runs = {memory_format: _fit(AsyncSAMStrategy(rho=RHO, ascent_batch_size=B // 2, ascent_threads=1,
+                                                 ascent_memory_format=memory_format), "sgd", module=FrozenConv)
+            for memory_format in ("preserve", "auto", "channels_last")}
+    assert_trajectories_close(runs["auto"], runs["preserve"], atol=1e-12)
+    assert_trajectories_close(runs["channels_last"], runs["preserve"], atol=1e-12)
 
 
 def test_an_explicit_channels_last_that_the_module_cannot_run_fails_naming_it() -> None:
