@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a short loan of a GPU machine: the CUDA tests, then the GPU throughput table.
-# Budget: about 6 minutes on one H200 (tests ~1 min, benchmark ~4 min, each under its own timeout
+# Budget: about 7 minutes on one H200 (tests ~1 min, benchmarks ~5 min, each under its own timeout
 # so that a hang costs minutes, not the loan). Results land in benchmarks/results/throughput_cuda.*
 # and, when $OUT is set (the device tool copies $OUT back), in $OUT with the logs.
 #   bash benchmarks/gpu_check.sh              # ASCENT_THREADS=8 by default
@@ -30,6 +30,10 @@ timeout 330 python3 benchmarks/throughput.py --accelerator cuda --ascent-threads
     | grep -v -E "^(INFO|GPU|TPU|LOCAL_RANK|💡|HPU)|LeafSpec|^\s*$" | tee "$out/throughput_cuda.log"
 bench_rc=${PIPESTATUS[0]}
 
-cp benchmarks/results/throughput_cuda.* "$out"/ 2>/dev/null
+# The replica's layout on the GPU (ascent_memory_format="auto" keeps the module's there until this
+# is read); informative, so it does not decide the exit status.
+timeout 120 python3 benchmarks/replica_layout.py --models --device cuda 2>&1 | tee "$out/replica_layout_cuda.log"
+
+cp benchmarks/results/throughput_cuda.* benchmarks/results/replica_layout_models_cuda.* "$out"/ 2>/dev/null
 echo "gpu tests exit $tests_rc, benchmark exit $bench_rc"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -12,6 +12,8 @@ Two measurements, one thread each, as the CPU simulation runs (see benchmarks/RE
 
 Commands:
     python benchmarks/replica_layout.py --models              # ~1 min
+    python benchmarks/replica_layout.py --models --device cuda # a spare GPU as the ascent device ("auto" keeps
+                                                              # the module's layout there until this is read)
     python benchmarks/replica_layout.py --repeats 12          # ~2 min
 """
 
@@ -58,21 +60,27 @@ def _models() -> list[tuple[str, Any, tuple[int, ...], int, int]]:
 
 
 def _pass_ms(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, count: int) -> list[float]:
+    cuda = x.is_cuda
     times = []
     for _ in range(count):
+        if cuda:
+            torch.cuda.synchronize(x.device)
         start = time.perf_counter()
         net.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
+        if cuda:  # the kernels' time, not their launches'
+            torch.cuda.synchronize(x.device)
         times.append((time.perf_counter() - start) * 1e3)
     return times[2:]
 
 
-def models(rounds: int) -> tuple[dict[str, Any], str]:
-    """Forward and backward per model in both layouts, ``rounds`` interleaved blocks of each."""
+def models(rounds: int, device: str = "cpu") -> tuple[dict[str, Any], str]:
+    """Forward and backward per model in both layouts, ``rounds`` interleaved blocks of each, on ``device``."""
     rows, payload = [], {}
     for name, net, shape, classes, count in _models():
         torch.manual_seed(0)
-        x, y = torch.randn(*shape), torch.randint(0, classes, (shape[0],))
+        x, y = torch.randn(*shape, device=device), torch.randint(0, classes, (shape[0],), device=device)
+        net.to(device)
         times: dict[bool, list[float]] = {False: [], True: []}
         for r in range(rounds):
             for on in ((False, True) if r % 2 == 0 else (True, False)):
@@ -82,8 +90,9 @@ def models(rounds: int) -> tuple[dict[str, Any], str]:
         payload[name] = {"contiguous_ms": a, "channels_last_ms": b}
         rows.append(f"| {name} | {a:.2f} ms | {b:.2f} ms | {b / a:.2f} |")
         print(rows[-1], flush=True)
+    where = "1 thread" if device == "cpu" else f"on {torch.cuda.get_device_name(device)}"
     table = "\n".join([
-        "One forward and backward (float32, 1 thread), the network's weights in the default layout and in "
+        f"One forward and backward (float32, {where}), the network's weights in the default layout and in "
         f"channels_last, {rounds} interleaved blocks; medians.", "",
         "| network, batch | default layout | channels_last | ratio |", "|---|---|---|---|", *rows])
     return payload, table
@@ -156,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", action="store_true", help="time each network's pass in both layouts instead")
     parser.add_argument("--rounds", type=int, default=4, help="with --models: interleaved blocks per layout")
+    parser.add_argument("--device", default="cpu", help="with --models: where the networks compute (cpu, cuda, ...)")
     parser.add_argument("--repeats", type=int, default=9, help="fits of each arm, interleaved")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per fit (the first is not counted)")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}; default: by the mode")
@@ -165,8 +175,8 @@ def main() -> None:
     torch.set_num_threads(1)
     config = vars(args)
     if args.models:
-        payload, table = models(args.rounds)
-        name = args.name or "replica_layout_models_cpu"
+        payload, table = models(args.rounds, args.device)
+        name = args.name or f"replica_layout_models_{torch.device(args.device).type}"
     else:
         payload, table = fits(args.repeats, args.epochs)
         name = args.name or "replica_layout_digits_cpu"
