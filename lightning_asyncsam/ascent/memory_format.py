@@ -28,19 +28,19 @@ the module has any, and keeps the module's own layout otherwise (and on a GPU, w
 measured). Where the module's code cannot run so (``x.view(n, -1)`` on a convolution's output
 fails on a ``channels_last`` tensor), the worker goes back to the module's layout for the rest of
 the fit, at the first step that fails, retries that step and says so once on the trainer's stderr
-(which it inherits); ``"channels_last"`` asks for the
-layout on any device and fails instead, naming the argument; ``"preserve"`` keeps the module's.
+(which it inherits); ``"channels_last"`` asks for the layout on any device and fails instead,
+naming the argument; ``"preserve"`` keeps the module's.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 MemoryFormat = Literal["auto", "channels_last", "preserve"]
-MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "preserve")
+MEMORY_FORMATS: tuple[str, ...] = get_args(MemoryFormat)
 
 #: What the worker does with its replica: keep the module's layout, ``channels_last`` and fail where
 #: the module's code cannot run so, or ``channels_last`` and fall back to the module's layout there.

@@ -106,6 +106,8 @@ class ReplicaIO:
                 by_dtype = {f.dtype: g for f, g in zip(self._flat.flats, self._grad_flats)}
                 self._grad_views = [by_dtype[p.dtype].as_strided(p.shape, p.stride(), p.storage_offset())
                                     for p in self._trainable]  # the parameters' own strides
+                # e goes to the host buffers: in one foreach call from the CPU, tensor by tensor from a GPU.
+                self._host_replica = device.type == "cpu"
             else:
                 self._grad_flats, self._grad_views = grads_layout.private_like(device)
             with torch.no_grad():
@@ -197,7 +199,7 @@ class ReplicaIO:
                 for g in flats:
                     g.mul_(scale)
             views = out.views()
-            if views[0].device == self._grad_views[0].device:
+            if self._host_replica:
                 torch._foreach_copy_(views, self._grad_views)
             else:
                 for target, g in zip(views, self._grad_views):
