@@ -12,7 +12,10 @@ Commands:
 Algorithms: the names of the ``algorithm=`` configs (``sgd``, ``sam``, ``asam``, ``gsam``, ``esam``,
 ``looksam``, ``mesa``, ``aesam``, ``asyncsam``), built from those configs, so with Table A.2's
 values; and AsyncSAM at a chosen b': ``asyncsam_b`` (b' = b), ``asyncsam_auto`` (the system-aware
-b', the config's default) or ``asyncsam_<int>``. Two departures from the configs, both so that
+b', the config's default) or ``asyncsam_<int>``, each also as ``..._synced``: beside a GPU, the trainer
+synchronizes its stream before each step's post instead of letting the stream post it
+(``LIGHTNING_ASYNCSAM_STREAM_POST=0``, see ``lightning_asyncsam/ascent/stream_post.py``), the A/B of that
+change in one run. Two departures from the configs, both so that
 every step measured is a step of the method: MESA starts its trajectory loss at epoch 0 (its
 ``start_epoch`` of 5 would make every measured step an SGD step); AE-SAM chooses SAM or SGD steps
 by its own rule, with c sweeping from lambda2 to lambda1 over the run's ``max_steps`` as it would
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -55,6 +59,8 @@ MODELS = {
 }
 #: Figure 3's members (GSAM too, which the paper omits as "virtually the same throughput as SAM").
 FAMILY = ("sgd", "sam", "gsam", "esam", "looksam", "mesa", "aesam", "asyncsam_b", "asyncsam_auto")
+SYNCED = "_synced"  # the arm's suffix: the stream synchronized before each post (see the module's docstring)
+STREAM_POST = "LIGHTNING_ASYNCSAM_STREAM_POST"
 ASYNC_METRICS = ("asyncsam/wait_ms", "asyncsam/overhead_ms", "asyncsam/perturb_ms", "asyncsam/ascent_ms",
                  "asyncsam/ascent_batch_size")
 
@@ -113,6 +119,7 @@ class StepClock(L.Callback):
 
 def make_strategy(algo: str, args: argparse.Namespace) -> Any:
     """The strategy of ``conf/algorithm/<algo>.yaml``; ``asyncsam_<b | auto | int>`` fixes AsyncSAM's b'."""
+    algo = algo.removesuffix(SYNCED)
     if algo == "mesa":
         return algorithm_strategy("mesa", start_epoch=0)  # every measured step pays for the EMA and the KL term
     if algo.split("_", 1)[0] != "asyncsam":
@@ -133,7 +140,15 @@ def run_once(model: str, algo: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer = L.Trainer(strategy=make_strategy(algo, args), accelerator=args.accelerator, devices=1,
                         max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                         enable_model_summary=False, callbacks=[clock], precision=args.precision)
-    trainer.fit(Net(model), DataLoader(data, batch_size=args.batch_size, shuffle=True))
+    saved = os.environ.pop(STREAM_POST, None)
+    if algo.endswith(SYNCED):
+        os.environ[STREAM_POST] = "0"  # read when the worker starts
+    try:
+        trainer.fit(Net(model), DataLoader(data, batch_size=args.batch_size, shuffle=True))
+    finally:
+        os.environ.pop(STREAM_POST, None)
+        if saved is not None:
+            os.environ[STREAM_POST] = saved
     t = clock.stamps
     measured = t[-1] - t[args.warmup]
     out = {"images_per_s": args.batch_size * args.steps / measured,

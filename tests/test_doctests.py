@@ -14,6 +14,7 @@ MODULES = [
     "ascent.flat_params",
     "ascent.mirror",
     "ascent.memory_format",
+    "ascent.stream_post",
     "strategies.state",
     "functional",
     "ascent.autotune",

@@ -115,6 +115,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         self._trainer_ref: "pl.Trainer | None" = None  # state_dict() gets no trainer argument
         self._worker: AscentWorker | None = None       # the worker the cached value below belongs to
         self._on_cuda = False                          # the main process computes on a GPU
+        self._sync_stream = False                      # ... and its stream is synchronized before each post
         self._delivers_step = False                    # the worker delivers e, not g
         self._host_directions: list[tuple[list[Tensor], list[Tensor]]] | None = None  # see synchronize
         self._announced = False
@@ -193,7 +194,7 @@ class AsyncSAMCallback(BatchFreeCallback):
         n = sized[2] if sized is not None and sized[0] is strategy.ascent_batch_size and sized[1] == b \
             else self._ascent_size(strategy, b)
         strategy.publish(worker)
-        if self._on_cuda or not worker.booted:
+        if self._sync_stream or not worker.booted:
             self._before_submit(strategy, worker)
         # The next step's own batch is lent where nothing changes it before the worker has read it: no
         # transfer hook of the user's, and either a GPU step (its hooks see the device's copy) or the
@@ -213,6 +214,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         """A new worker (a new fit): where the main process computes, and what the worker delivers."""
         self._worker, self._host = worker, strategy
         self._on_cuda = strategy.root_device.type == "cuda"
+        # Where the stream itself posts each step behind its copies (stream_post), nothing waits for the GPU.
+        self._sync_stream = self._on_cuda and worker.stream_device is None
         self._delivers_step = worker.delivers_step
         # Beside a CPU trainer, e is the worker's host buffer itself: each buffer's (views, flats), as
         # use_gradient would make them, once per worker.
@@ -248,8 +251,8 @@ class AsyncSAMCallback(BatchFreeCallback):
         strategy.added_ms -= ms  # inside the strategy's timed overrides: taken out of its overhead
 
     def _before_submit(self, strategy: AscentHost, worker: AscentWorker) -> None:
-        """On a GPU, the copies of w_t and g_{t-1} done; at the fit's first submission, the worker's start-up."""
-        if self._on_cuda:
+        """On a GPU whose stream cannot post the step, the copies of w_t and e done; at the fit's first submission, the worker's start-up."""
+        if self._sync_stream:
             torch.cuda.current_stream(strategy.root_device).synchronize()
         if not worker.booted:  # waiting, not work
             boot_start = time.perf_counter()
@@ -290,7 +293,11 @@ class AsyncSAMCallback(BatchFreeCallback):
     def _after_ascent(self, strategy: AscentHost, ascent_ms: float, samples: int, now: float) -> None:
         """Feed the system-aware b' (``"auto"``) the step's window and the worker's time."""
         if self._tuner is not None and strategy.ascent_batch_size == "auto":
-            window_ms = (now - self._submitted_at) * 1e3
+            # From the post (a GPU stream's comes when its copies are done, after the submission) to the collection.
+            worker = self._worker
+            begin = self._submitted_at if worker is None or worker.stream_device is None else max(
+                self._submitted_at, worker.woke())
+            window_ms = (now - begin) * 1e3
             if self._tuner.observe(window_ms, ascent_ms, samples) and not self._announced:
                 self._announced = True
                 rank_zero_info(self._tuner.describe(str(strategy.root_device), strategy.worker_device, strategy.threads))

@@ -1,7 +1,7 @@
 """The per-step hand-shake between the trainer and the ascent worker: a few shared numbers and two semaphores.
 
 A step's control message is five numbers one way (with the addresses of a lent batch's tensors
-beside them, :mod:`lightning_asyncsam.ascent.lent_batch`) and four the other. Sent through a pipe, each costs a system call
+beside them, :mod:`lightning_asyncsam.ascent.lent_batch`) and five the other. Sent through a pipe, each costs a system call
 on both sides, and the trainer's write also wakes the sleeping worker: on this project's 2-core
 VM a pipe ``send`` that wakes the other process cost the trainer's thread about 30 microseconds
 in the middle of a training step (an inter-processor interrupt, a VM exit), against 2 in a tight
@@ -25,6 +25,10 @@ Where the worker reads ``w_t`` in place, from the trainer's own parameter buffer
 (:mod:`lightning_asyncsam.ascent.worker`, "live weights"), a third semaphore says that it has
 read them: the trainer writes nothing there before it has taken that post (release and acquire
 again, so the worker's reads come before the trainer's writes on any architecture).
+
+Beside a GPU trainer the step's post is queued on the trainer's CUDA stream, behind the copies
+that the step depends on (:meth:`Mailbox.post_on_stream`, :mod:`lightning_asyncsam.ascent.stream_post`):
+the stream posts it when they are done, and the trainer's thread does not wait for the GPU.
 
 Anything other than a step's numbers (a batch layout, the trainer stand-in's changes, a stop, an
 error's traceback) still goes through the pipe: the step's numbers say how many such messages
@@ -53,8 +57,9 @@ from typing import Any
 import torch
 
 from lightning_asyncsam.ascent.lent_batch import LendingDesk
+from lightning_asyncsam.ascent.stream_post import stream_post
 
-_NUMBERS = 9  # the step's five (step, n, batch_idx, messages, lent), then the result's four
+_NUMBERS = 10  # the step's five (step, n, batch_idx, messages, lent), the result's four, the worker's wake time
 
 SPIN_MAX_S = 0.01
 NAP_S = 5e-5
@@ -81,6 +86,9 @@ class Mailbox:
         self._slots = _numbers(self._shared)
         self.posted = _result_numbers(self._shared)  # the last result's numbers, as floats (see result())
         self.desk = LendingDesk()  # the addresses of a lent batch's tensors (see post_step)
+        # What post_step calls after writing the numbers: the step semaphore's post, or its post
+        # queued on a CUDA stream (post_on_stream). Trainer side only.
+        self.signal_step: Callable[[], object] = self.work.release
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_shared": self._shared, "work": self.work, "done": self.done, "read": self.read, "desk": self.desk}
@@ -89,6 +97,7 @@ class Mailbox:
         self.__dict__.update(state)
         self._slots = _numbers(self._shared)  # the shared memory's address in this process
         self.posted = _result_numbers(self._shared)
+        self.signal_step = self.work.release
 
     # ----------------------------------------------------------------- the trainer's side
     def post_step(self, step: int, n: int, batch_idx: int, messages: int, lent: int = 0) -> None:
@@ -98,7 +107,20 @@ class Mailbox:
         :attr:`desk`, into the batch slot (0: the trainer filled the slot).
         """
         self._slots[0:5] = (step, n, batch_idx, messages, lent)  # one call: each element's write is another
-        self.work.release()
+        self.signal_step()
+
+    def post_on_stream(self, device: torch.device) -> bool:
+        """From now on, queue each step's post on ``device``'s current CUDA stream; False where that cannot work.
+
+        The stream posts it once the work queued before it (the step's copies) has run, and the
+        caller never waits for the GPU (:mod:`lightning_asyncsam.ascent.stream_post`). Before the
+        buffers that those copies touch are released, the stream must be synchronized.
+        """
+        post = stream_post(self.work, device)
+        if post is None:
+            return False
+        self.signal_step = post
+        return True
 
     def post_stop(self, messages: int) -> None:
         """Stop the worker once it has read ``messages`` pipe messages (the last of them: "stop")."""
@@ -140,9 +162,14 @@ class Mailbox:
         s = self._slots
         return int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4])
 
-    def post_result(self, step: int, ascent_ms: float, grad_norm: float, samples: int) -> None:
-        self._slots[5:9] = (step, ascent_ms, grad_norm, samples)
+    def post_result(self, step: int, ascent_ms: float, grad_norm: float, samples: int, woke: float = 0.0) -> None:
+        """Post a step's result; ``woke``: the worker's ``time.perf_counter()`` when the step reached it."""
+        self._slots[5:10] = (step, ascent_ms, grad_norm, samples, woke)
         self.done.release()
+
+    def woke(self) -> float:
+        """When the step of the last result reached the worker (``time.perf_counter()``, the same clock in every process on Linux)."""
+        return self._slots[9]
 
     def wake(self) -> None:
         """Wake a trainer that waits for a result or a read (the worker sent an error through the pipe)."""

@@ -234,6 +234,8 @@ class AsyncSAMStrategy(SharpnessAwareStrategy):
             first.pin(self.root_device)
             second.pin(self.root_device, share_with=first)  # one device copy of the direction
         self.worker.start()
+        if self.root_device.type == "cuda":  # the stream posts each step behind its copies: no wait for the GPU
+            self.worker.post_on_stream(self.root_device)
         if main_cores:
             self._affinity.confine(main_cores)
 

@@ -1,0 +1,144 @@
+"""A GPU trainer's step posted by its CUDA stream (stream_post): the parts that run without a GPU.
+
+What the CUDA stream's callback thread will call (``sem_post`` through a ``cudaHostFn_t`` on the
+semaphore's address), the worker acting on that post alone, the fall-back where the stream cannot
+post, the tuner's window starting when the step reached the worker, and a close that never frees
+what a failed stream still holds. The stream itself is tested in tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lightning_asyncsam.ascent import stream_post, worker as worker_module
+from lightning_asyncsam.ascent.callback import AsyncSAMCallback
+from lightning_asyncsam.ascent.autotune import AscentBatchTuner
+from lightning_asyncsam.ascent.mailbox import Mailbox
+from lightning_asyncsam.ascent.worker import AscentWorker
+from tiny import TinyClassifier, make_data
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_host_function_posts_the_semaphore_once(method: str) -> None:
+    semaphore = mp.get_context(method).Semaphore(0)
+    assert stream_post.semaphore_address(semaphore) is not None
+    stream_post.call_as_host_function(semaphore)
+    assert semaphore.acquire(False) and not semaphore.acquire(False)
+
+
+def test_only_multiprocessing_semaphores_have_an_address() -> None:
+    import threading
+
+    assert stream_post.semaphore_address(threading.Semaphore(0)) is None
+    assert stream_post.semaphore_address(object()) is None
+
+
+def _loaded(name: str) -> bool:
+    with open("/proc/self/maps") as maps:
+        return any(name in line for line in maps)
+
+
+def test_the_runtime_is_the_one_already_loaded_never_a_new_one() -> None:
+    before = _loaded("libcudart")
+    lib = stream_post._loaded_cudart()
+    assert _loaded("libcudart") == before and (lib is not None) == before
+    if lib is not None:
+        assert hasattr(lib, "cudaLaunchHostFunc")
+
+
+def test_no_stream_post_without_a_cuda_stream() -> None:
+    box = Mailbox(mp.get_context("fork"))
+    assert stream_post.stream_post(box.work, torch.device("cpu")) is None
+    assert not box.post_on_stream(torch.device("cpu"))
+    assert box.signal_step == box.work.release  # the step is posted directly, as on a CPU trainer
+    if not torch.cuda.is_available():
+        assert stream_post.stream_post(box.work, torch.device("cuda:0")) is None
+
+
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = make_data(dtype=torch.float32)
+    return ds.tensors[0][:n], ds.tensors[1][:n]
+
+
+def test_the_worker_starts_a_step_only_when_its_post_arrives() -> None:
+    """The numbers written by submit() travel; the step starts at the post, whoever makes it (here, later)."""
+    model = TinyClassifier()
+    params = list(model.parameters())
+    worker = AscentWorker(model, params, "cpu", threads=1, capacity=8)
+    try:
+        worker.start()
+        worker.wait_ready(timeout=60)
+        mailbox = worker._mailbox
+        held: list[object] = []
+        mailbox.signal_step = lambda: held.append(mailbox.work.release)  # a stream that has not reached the post
+        worker.publish()
+        worker.submit(0, _batch(), 4, batch_idx=0)
+        time.sleep(0.3)
+        assert worker.take() is None and len(held) == 1  # submitted, not started
+        before = time.perf_counter()
+        held.pop()()  # the stream reaches it
+        result = worker.collect(timeout=30)
+        x, y = _batch(4)
+        want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        assert result.step == 0 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[0].views(), want))
+        assert before <= worker.woke() <= time.perf_counter()  # the worker's clock is the trainer's
+    finally:
+        worker.close()
+
+
+def test_the_worker_posts_directly_where_no_stream_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    try:
+        worker.start()
+        assert not worker.post_on_stream(torch.device("cpu")) and worker.stream_device is None
+        monkeypatch.setattr(Mailbox, "post_on_stream", lambda self, device: True)  # as if CUDA could
+        monkeypatch.setenv("LIGHTNING_ASYNCSAM_STREAM_POST", "0")  # the way out, should it misbehave
+        assert not worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device is None
+        monkeypatch.delenv("LIGHTNING_ASYNCSAM_STREAM_POST")
+        assert worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device == torch.device("cuda:0")
+        worker.stream_device = None  # nothing was queued on a stream here
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("drained", [True, False])
+def test_close_frees_nothing_that_a_failed_stream_still_holds(monkeypatch: pytest.MonkeyPatch, drained: bool) -> None:
+    model = TinyClassifier()
+    worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
+    synced: list[torch.device] = []
+    unpinned: list[object] = []
+    monkeypatch.setattr(worker_module, "_stream_drained", lambda device: synced.append(device) or drained)
+    monkeypatch.setattr(worker.weights, "unpin", lambda: unpinned.append(worker.weights))
+    monkeypatch.setattr(worker_module, "_UNRELEASABLE", [])
+    worker.start()
+    pid = worker.pid
+    worker.stream_device = torch.device("cuda:0")  # as post_on_stream sets it beside a GPU
+    worker.close()
+    assert synced == [torch.device("cuda:0")] and worker.stream_device is None
+    with pytest.raises(ProcessLookupError):  # stopped (and reaped) either way
+        os.kill(pid, 0)
+    assert (unpinned == [worker.weights]) is drained
+    assert (len(worker_module._UNRELEASABLE) == 1) is not drained
+
+
+def test_the_tuners_window_starts_when_the_step_reached_the_worker() -> None:
+    """Beside a GPU whose stream posts the step, the worker's time starts at the post, not at the submission."""
+    sync = AsyncSAMCallback()
+    sync._tuner = AscentBatchTuner(32)
+    seen: list[float] = []
+    sync._tuner.observe = lambda window_ms, ascent_ms, samples: seen.append(window_ms) or False  # type: ignore[method-assign]
+    strategy = SimpleNamespace(ascent_batch_size="auto")
+    sync._submitted_at = 10.0
+    sync._worker = SimpleNamespace(stream_device=None, woke=lambda: 10.002)  # type: ignore[assignment]
+    sync._after_ascent(strategy, 1.0, 4, now=10.008)  # type: ignore[arg-type]
+    sync._worker = SimpleNamespace(stream_device=torch.device("cuda:0"), woke=lambda: 10.002)  # type: ignore[assignment]
+    sync._after_ascent(strategy, 1.0, 4, now=10.008)  # type: ignore[arg-type]
+    assert seen == pytest.approx([8.0, 6.0])
