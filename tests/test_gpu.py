@@ -100,7 +100,7 @@ def test_gpu_late_copies_still_give_the_worker_w_t(ascent_data: str, monkeypatch
 
     monkeypatch.setattr(torch.cuda.Stream, "synchronize", counting)
     _fits_algorithm_1(ascent_data, PinCheck(slow_gpu=50_000_000))
-    assert counted["calls"] <= 3  # the start-up check and the close, never once a step
+    assert counted["calls"] <= 2  # the start-up check, never once a step (the close synchronizes the device)
 
 
 def test_gpu_bf16_mixed_trains() -> None:

@@ -391,9 +391,12 @@ _UNRELEASABLE: list[Any] = []
 
 
 def _stream_drained(device: torch.device) -> bool:
-    """Synchronize ``device``'s current stream (a step's post and its copies may be queued there); False if it failed."""
+    """Synchronize ``device`` (a step's post and its copies may be queued on a stream of it); False if it failed.
+
+    The whole device, not the current stream: the stream that queued them may no longer be current.
+    """
     try:
-        torch.cuda.current_stream(device).synchronize()
+        torch.cuda.synchronize(device)
     except Exception:  # noqa: BLE001 - a CUDA error (sticky), or CUDA torn down at exit: the queued work never runs
         return False
     return True
