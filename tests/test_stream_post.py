@@ -53,6 +53,16 @@ def test_the_runtime_is_the_one_already_loaded_never_a_new_one() -> None:
         assert hasattr(lib, "cudaLaunchHostFunc")
 
 
+@pytest.mark.skipif(torch.cuda.is_available() or stream_post._host_function_launcher() is None,
+                    reason="a CUDA runtime without a usable GPU")
+def test_without_a_gpu_the_launch_fails_cleanly_and_posts_nothing() -> None:
+    """The launcher's signature marshals the three pointers: CUDA answers with an error code, not a crash."""
+    semaphore = mp.get_context("spawn").Semaphore(0)
+    launch = stream_post._host_function_launcher()
+    assert launch(0, stream_post._SEM_POST, stream_post.semaphore_address(semaphore)) != 0
+    assert not semaphore.acquire(False)
+
+
 def test_no_stream_post_without_a_cuda_stream() -> None:
     box = Mailbox(mp.get_context("fork"))
     assert stream_post.stream_post(box.work, torch.device("cpu")) is None

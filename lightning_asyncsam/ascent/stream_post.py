@@ -17,7 +17,7 @@ call and does not block. The step's numbers are written before the launch, and t
 them to the worker's wait as before (:mod:`lightning_asyncsam.ascent.mailbox`).
 
 This needs the CUDA runtime that torch loaded (its ``libcudart``, found by name without loading
-another one) and libc's ``sem_post``; :func:`stream_post` checks the whole path once, by posting a
+another one; else the driver's ``cuLaunchHostFunc``) and libc's ``sem_post``; :func:`stream_post` checks the whole path once, by posting a
 private semaphore through the stream and synchronizing, and returns None where anything is
 missing or wrong, so that the trainer keeps the synchronizing post. What it cannot check is a
 stream in CUDA graph capture, where host functions would be captured: the caller posts directly
@@ -91,6 +91,24 @@ def _loaded_cudart() -> Any:
     return None
 
 
+def _host_function_launcher() -> Any:
+    """``cudaLaunchHostFunc`` of torch's runtime, else the driver's ``cuLaunchHostFunc`` (a runtime linked statically).
+
+    Both take the stream handle that torch's ``Stream.cuda_stream`` gives (a runtime stream is a
+    driver stream), and both return 0 on success.
+    """
+    cudart = _loaded_cudart()
+    launch = getattr(cudart, "cudaLaunchHostFunc", None) if cudart is not None else None
+    if launch is None:
+        try:
+            launch = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD).cuLaunchHostFunc
+        except (OSError, AttributeError):
+            return None
+    launch.restype = ctypes.c_int
+    launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return launch
+
+
 def stream_post(semaphore: Any, device: torch.device) -> Callable[[], None] | None:
     """A call that queues ``semaphore``'s post on ``device``'s current stream; None where that cannot work here.
 
@@ -104,12 +122,9 @@ def stream_post(semaphore: Any, device: torch.device) -> Callable[[], None] | No
     if _SEM_POST is None or device.type != "cuda" or not torch.cuda.is_available():
         return None
     address = semaphore_address(semaphore)
-    cudart = _loaded_cudart()
-    launch = getattr(cudart, "cudaLaunchHostFunc", None) if cudart is not None else None
+    launch = _host_function_launcher()
     if address is None or launch is None:
         return None
-    launch.restype = ctypes.c_int
-    launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     index = device.index if device.index is not None else torch.cuda.current_device()
 
     def post(stream: Any = None, target: int = address) -> None:
