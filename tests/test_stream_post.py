@@ -10,19 +10,32 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from torch.nn import functional as F
+
+from lightning_asyncsam import AsyncSAMStrategy
 
 from lightning_asyncsam.ascent import stream_post, worker as worker_module
 from lightning_asyncsam.ascent.callback import AsyncSAMCallback
 from lightning_asyncsam.ascent.autotune import AscentBatchTuner
 from lightning_asyncsam.ascent.mailbox import Mailbox
 from lightning_asyncsam.ascent.worker import AscentWorker
-from tiny import TinyClassifier, make_data
+from tiny import (
+    TinyClassifier,
+    assert_trajectories_close,
+    epochs_of,
+    fit_float64,
+    in_float64,
+    make_data,
+    make_optimizer,
+    reference_asyncsam,
+)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -101,6 +114,31 @@ def test_the_worker_starts_a_step_only_when_its_post_arrives() -> None:
         assert before <= worker.woke() <= time.perf_counter()  # the worker's clock is the trainer's
     finally:
         worker.close()
+
+
+class LatePosts(L.Callback):
+    """Each step's post arrives 1-6 ms after the submission, from another thread, as a CUDA stream's would."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        mailbox = trainer.strategy.worker._mailbox
+        delays = iter([0.001 * (1 + i % 6) for i in range(10_000)])
+        mailbox.signal_step = lambda: threading.Timer(next(delays), mailbox.work.release).start()
+
+
+@pytest.mark.parametrize("ascent_data", ["previous", "next"])
+def test_algorithm_1_holds_when_each_post_comes_late(ascent_data: str) -> None:
+    """Nothing on the trainer's side assumes that the worker starts at the submission (lent batches included).
+
+    The trainer's thread goes on after a stream-posted submission; the worker starts whenever the post
+    arrives. Each step is still Eq. 3 at w_t, to 1e-10 in float64 (precision "32-true": no hook
+    between the loader and the step, so the next step's batch is lent).
+    """
+    got = fit_float64(AsyncSAMStrategy(rho=0.3, ascent_batch_size=4, ascent_threads=1, ascent_data=ascent_data),
+                      precision="32-true", callbacks=[LatePosts()])
+    net = in_float64(lambda: TinyClassifier().net)
+    want = reference_asyncsam(net, make_optimizer("sgd", net.parameters()), epochs_of(make_data(), 8, 4), 0.3, 4,
+                              ascent_data)
+    assert_trajectories_close(got, want)
 
 
 def test_the_worker_posts_directly_where_no_stream_can(monkeypatch: pytest.MonkeyPatch) -> None:
