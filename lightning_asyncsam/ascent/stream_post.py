@@ -17,11 +17,12 @@ call and does not block. The step's numbers are written before the launch, and t
 them to the worker's wait as before (:mod:`lightning_asyncsam.ascent.mailbox`).
 
 This needs the CUDA runtime that torch loaded (its ``libcudart``, found by name without loading
-another one; else the driver's ``cuLaunchHostFunc``) and libc's ``sem_post``; :func:`stream_post` checks the whole path once, by posting a
-private semaphore through the stream and synchronizing, and returns None where anything is
-missing or wrong, so that the trainer keeps the synchronizing post. What it cannot check is a
-stream in CUDA graph capture, where host functions would be captured: the caller posts directly
-then.
+another one; else the driver's ``cuLaunchHostFunc``) and libc's ``sem_post``. :func:`stream_post`
+checks the whole path once, by posting a private semaphore through the stream and synchronizing,
+and returns None where anything is missing or wrong, so that the trainer keeps the synchronizing
+post. A stream under CUDA graph capture would record the host function instead of running it; the
+trainer posts at the start of its step, outside the module's code, where no capture runs (a
+``torch.compile(mode="reduce-overhead")`` module captures and replays inside its own call).
 
 Example::
 
