@@ -13,7 +13,9 @@ back what is enqueued after it until ``fn`` returns. With ``fn = sem_post`` and 
 ``sem_t *`` of the worker's step semaphore (a POSIX semaphore that ``multiprocessing`` keeps in
 shared memory: its ``handle``), the stream posts the step the moment its copies are done, and the
 trainer's thread goes on at once. ``sem_post`` is the function CUDA allows there: it makes no CUDA
-call and does not block. The step's numbers are written before the launch, and the post releases
+call and does not block. The price moves to the GPU: the stream holds back the next step's kernels
+until the callback thread has run it, which takes that thread's wake-up (not measured here), where
+the synchronization held the trainer's thread for the whole queue. The step's numbers are written before the launch, and the post releases
 them to the worker's wait as before (:mod:`lightning_asyncsam.ascent.mailbox`).
 
 This needs the CUDA runtime that torch loaded (its ``libcudart``, found by name without loading
