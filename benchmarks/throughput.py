@@ -14,7 +14,7 @@ Algorithms: the names of the ``algorithm=`` configs (``sgd``, ``sam``, ``asam``,
 values; and AsyncSAM at a chosen b': ``asyncsam_b`` (b' = b), ``asyncsam_auto`` (the system-aware
 b', the config's default) or ``asyncsam_<int>``, each also as ``..._synced``: beside a GPU, the trainer
 synchronizes its stream before each step's post instead of letting the stream post it
-(``LIGHTNING_ASYNCSAM_STREAM_POST=0``, see ``lightning_asyncsam/ascent/stream_post.py``), the A/B of that
+(``ASYNCSAM_STREAM_POST=0``, see ``lightning_asyncsam/ascent/stream_post.py``), the A/B of that
 change in one run. Two departures from the configs, both so that
 every step measured is a step of the method: MESA starts its trajectory loss at epoch 0 (its
 ``start_epoch`` of 5 would make every measured step an SGD step); AE-SAM chooses SAM or SGD steps
@@ -60,7 +60,7 @@ MODELS = {
 #: Figure 3's members (GSAM too, which the paper omits as "virtually the same throughput as SAM").
 FAMILY = ("sgd", "sam", "gsam", "esam", "looksam", "mesa", "aesam", "asyncsam_b", "asyncsam_auto")
 SYNCED = "_synced"  # the arm's suffix: the stream synchronized before each post (see the module's docstring)
-STREAM_POST = "LIGHTNING_ASYNCSAM_STREAM_POST"
+STREAM_POST = "ASYNCSAM_STREAM_POST"
 ASYNC_METRICS = ("asyncsam/wait_ms", "asyncsam/overhead_ms", "asyncsam/perturb_ms", "asyncsam/ascent_ms",
                  "asyncsam/ascent_batch_size")
 

@@ -148,9 +148,9 @@ def test_the_worker_posts_directly_where_no_stream_can(monkeypatch: pytest.Monke
         worker.start()
         assert not worker.post_on_stream(torch.device("cpu")) and worker.stream_device is None
         monkeypatch.setattr(Mailbox, "post_on_stream", lambda self, device: True)  # as if CUDA could
-        monkeypatch.setenv("LIGHTNING_ASYNCSAM_STREAM_POST", "0")  # the way out, should it misbehave
+        monkeypatch.setenv("ASYNCSAM_STREAM_POST", "0")  # the way out, should it misbehave
         assert not worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device is None
-        monkeypatch.delenv("LIGHTNING_ASYNCSAM_STREAM_POST")
+        monkeypatch.delenv("ASYNCSAM_STREAM_POST")
         assert worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device == torch.device("cuda:0")
         worker.stream_device = None  # nothing was queued on a stream here
     finally:

@@ -595,11 +595,11 @@ class AscentWorker:
         non-blocking; the worker may read the buffers only once they have run. Where this returns
         True, :meth:`submit` queues the step's post on the stream behind them
         (:mod:`lightning_asyncsam.ascent.stream_post`) and the trainer need not synchronize the
-        stream first; False (no CUDA, no usable runtime, or ``LIGHTNING_ASYNCSAM_STREAM_POST=0``
+        stream first; False (no CUDA, no usable runtime, or ``ASYNCSAM_STREAM_POST=0``
         in the environment): the caller synchronizes the stream before each :meth:`submit`, as
         before. Call it after :meth:`start`.
         """
-        if os.environ.get("LIGHTNING_ASYNCSAM_STREAM_POST", "1") == "0":
+        if os.environ.get("ASYNCSAM_STREAM_POST", "1") == "0":
             return False
         if self._require_mailbox().post_on_stream(device):
             self.stream_device = device
