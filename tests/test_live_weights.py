@@ -16,12 +16,7 @@ from lightning_asyncsam import AsyncSAMStrategy
 from lightning_asyncsam.ascent.buffers import FlatTensors
 from lightning_asyncsam.ascent.flat_params import FlatParameters
 from lightning_asyncsam.ascent.worker import AscentWorker, AscentWorkerError
-from tiny import TinyClassifier, loader, make_data, trainer
-
-
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = make_data(dtype=torch.float32)
-    return ds.tensors[0][:n], ds.tensors[1][:n]
+from tiny import TinyClassifier, float32_batch, loader, make_data, trainer
 
 
 def _live_worker(model: torch.nn.Module) -> tuple[AscentWorker, FlatParameters, list[torch.Tensor]]:
@@ -51,14 +46,14 @@ def test_the_worker_reads_w_t_from_the_trainer_buffers_before_the_trainer_writes
                     p.add_(0.1)
             w_t = [p.detach().clone() for p in params]
             write()  # nothing of the trainable parameters: the worker reads them where they live
-            worker.submit(step, _batch(), 4, batch_idx=step)
+            worker.submit(step, float32_batch(), 4, batch_idx=step)
             worker.await_read(timeout=30)
             with torch.no_grad():  # the update, once the worker has read w_t: it must not see it
                 for p in params:
                     p.mul_(-3.0)
             result = worker.collect(timeout=30)
             assert taken(False) is False  # one post per step, taken by await_read
-            x, y = _batch(4)
+            x, y = float32_batch(4)
             with torch.no_grad():
                 for p, w in zip(params, w_t):
                     p.copy_(w)
@@ -76,7 +71,7 @@ def test_the_worker_reads_the_published_copy_once_the_parameters_leave_the_buffe
     worker, flat, params = _live_worker(model)
     try:
         worker.start()
-        worker.submit(0, _batch(), 4, batch_idx=0)
+        worker.submit(0, float32_batch(), 4, batch_idx=0)
         worker.await_read(timeout=30)
         worker.collect(timeout=30)
         elsewhere = [p.detach() * 0.5 + 0.01 for p in params]  # what module.to() would leave the parameters
@@ -84,9 +79,9 @@ def test_the_worker_reads_the_published_copy_once_the_parameters_leave_the_buffe
         assert not worker.live and worker.read_signal() is None
         with torch.no_grad():
             flat.flats[0].fill_(7.0)  # the old buffers: no longer read
-        worker.submit(1, _batch(), 4, batch_idx=1)
+        worker.submit(1, float32_batch(), 4, batch_idx=1)
         worker.collect(timeout=30)
-        x, y = _batch(4)
+        x, y = float32_batch(4)
         ref = TinyClassifier()
         with torch.no_grad():
             for p, w in zip(ref.parameters(), elsewhere):
@@ -102,7 +97,7 @@ def test_a_worker_killed_before_it_reads_fails_the_wait_within_seconds() -> None
     worker, flat, _ = _live_worker(TinyClassifier())
     try:
         worker.start()
-        worker.submit(0, _batch(), 4, batch_idx=0)
+        worker.submit(0, float32_batch(), 4, batch_idx=0)
         worker.await_read(timeout=30)
         worker.collect(timeout=30)
         pid = worker.pid
@@ -110,7 +105,7 @@ def test_a_worker_killed_before_it_reads_fails_the_wait_within_seconds() -> None
         os.kill(pid, signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(AscentWorkerError, match="exit|pid"):
-            worker.submit(1, _batch(), 4, batch_idx=1)
+            worker.submit(1, float32_batch(), 4, batch_idx=1)
             worker.await_read(timeout=60)
         assert time.monotonic() - start < 15
     finally:
@@ -221,7 +216,7 @@ def test_a_spawned_worker_reads_the_live_buffers_too(monkeypatch) -> None:
         with torch.no_grad():
             params[0].add_(0.5)  # after start(): the worker must see this, read where it lives
         w_t = [p.detach().clone() for p in params]
-        worker.submit(0, _batch(), 4, batch_idx=0)
+        worker.submit(0, float32_batch(), 4, batch_idx=0)
         worker.await_read(timeout=120)
         with torch.no_grad():
             for p in params:
@@ -230,7 +225,7 @@ def test_a_spawned_worker_reads_the_live_buffers_too(monkeypatch) -> None:
         with torch.no_grad():
             for p, w in zip(params, w_t):
                 p.copy_(w)
-        x, y = _batch(4)
+        x, y = float32_batch(4)
         want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[0].views(), want))
     finally:

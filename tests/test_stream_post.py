@@ -31,6 +31,7 @@ from tiny import (
     assert_trajectories_close,
     epochs_of,
     fit_float64,
+    float32_batch,
     in_float64,
     make_data,
     make_optimizer,
@@ -85,11 +86,6 @@ def test_no_stream_post_without_a_cuda_stream() -> None:
         assert stream_post.stream_post(box.work, torch.device("cuda:0")) is None
 
 
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = make_data(dtype=torch.float32)
-    return ds.tensors[0][:n], ds.tensors[1][:n]
-
-
 def test_the_worker_starts_a_step_only_when_its_post_arrives() -> None:
     """The numbers written by submit() travel; the step starts at the post, whoever makes it (here, later)."""
     model = TinyClassifier()
@@ -102,13 +98,13 @@ def test_the_worker_starts_a_step_only_when_its_post_arrives() -> None:
         held: list[object] = []
         mailbox.signal_step = lambda: held.append(mailbox.work.release)  # a stream that has not reached the post
         worker.publish()
-        worker.submit(0, _batch(), 4, batch_idx=0)
+        worker.submit(0, float32_batch(), 4, batch_idx=0)
         time.sleep(0.3)
         assert worker.take() is None and len(held) == 1  # submitted, not started
         before = time.perf_counter()
         held.pop()()  # the stream reaches it
         result = worker.collect(timeout=30)
-        x, y = _batch(4)
+        x, y = float32_batch(4)
         want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
         assert result.step == 0 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(worker.grads[0].views(), want))
         assert before <= worker.woke() <= time.perf_counter()  # the worker's clock is the trainer's

@@ -10,12 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from lightning_asyncsam.ascent.worker import AscentWorker, AscentWorkerError
-from tiny import TinyClassifier, make_data
-
-
-def _batch(n=8):
-    ds = make_data(dtype=torch.float32)
-    return ds.tensors[0][:n], ds.tensors[1][:n]
+from tiny import TinyClassifier, float32_batch
 
 
 def test_worker_returns_the_gradient_at_the_published_weights() -> None:
@@ -29,9 +24,9 @@ def test_worker_returns_the_gradient_at_the_published_weights() -> None:
                 for p in params:
                     p.add_(0.1)  # the main process moves on; the worker must see w_t, not its copy
             worker.publish()
-            worker.submit(step, _batch(), 4, batch_idx=step)
+            worker.submit(step, float32_batch(), 4, batch_idx=step)
             result = worker.collect(timeout=30)
-            x, y = _batch(4)
+            x, y = float32_batch(4)
             want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
             got = worker.grads[step % 2].views()
             assert result.step == step and result.samples == 4 and result.ascent_ms > 0
@@ -50,7 +45,7 @@ def test_worker_yields_the_cpu_to_the_main_process() -> None:
     try:
         worker.start()
         worker.publish()
-        worker.submit(0, _batch(), 4, 0)  # waits until the worker has booted
+        worker.submit(0, float32_batch(), 4, 0)  # waits until the worker has booted
         worker.collect(timeout=30)
         mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(mine + 7, 19)
@@ -63,20 +58,20 @@ def test_worker_errors_are_clear() -> None:
     model = TinyClassifier()
     worker = AscentWorker(model, list(model.parameters()), "cpu", threads=1, capacity=8)
     with pytest.raises(AscentWorkerError, match="not running"):
-        worker.submit(0, _batch(), 4, 0)
+        worker.submit(0, float32_batch(), 4, 0)
     worker.start()
     try:
         with pytest.raises(AscentWorkerError, match="no ascent step in flight"):
             worker.collect()
         worker.publish()
-        worker.submit(0, _batch(), 4, 0)
+        worker.submit(0, float32_batch(), 4, 0)
         with pytest.raises(AscentWorkerError, match="while step 0 is in flight"):
-            worker.submit(1, _batch(), 4, 1)
+            worker.submit(1, float32_batch(), 4, 1)
         worker.collect(timeout=30)
         os.kill(worker.pid, signal.SIGKILL)
         worker.publish()
         with pytest.raises(AscentWorkerError, match=r"died with exit code -9"):
-            worker.submit(1, _batch(), 4, 1)
+            worker.submit(1, float32_batch(), 4, 1)
             worker.collect(timeout=30)
     finally:
         worker.close()

@@ -77,6 +77,12 @@ def make_data(n: int = 48, seed: int = 1, dtype: torch.dtype = torch.float64) ->
     return TensorDataset(x, y)
 
 
+def float32_batch(n: int = 8) -> tuple[Tensor, Tensor]:
+    """The first ``n`` samples of ``make_data()`` in float32, as one batch: for a worker driven without Lightning."""
+    ds = make_data(dtype=torch.float32)
+    return ds.tensors[0][:n], ds.tensors[1][:n]
+
+
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
