@@ -146,6 +146,9 @@ def test_the_worker_posts_directly_where_no_stream_can(monkeypatch: pytest.Monke
         monkeypatch.setattr(Mailbox, "post_on_stream", lambda self, device: True)  # as if CUDA could
         monkeypatch.setenv("ASYNCSAM_STREAM_POST", "0")  # the way out, should it misbehave
         assert not worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device is None
+        monkeypatch.setenv("ASYNCSAM_STREAM_POST", "off")  # a misspelt switch is an error that names it
+        with pytest.raises(ValueError, match="ASYNCSAM_STREAM_POST='off'"):
+            worker.post_on_stream(torch.device("cuda:0"))
         monkeypatch.delenv("ASYNCSAM_STREAM_POST")
         assert worker.post_on_stream(torch.device("cuda:0")) and worker.stream_device == torch.device("cuda:0")
         worker.stream_device = None  # nothing was queued on a stream here

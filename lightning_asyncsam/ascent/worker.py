@@ -599,7 +599,11 @@ class AscentWorker:
         in the environment): the caller synchronizes the stream before each :meth:`submit`, as
         before. Call it after :meth:`start`.
         """
-        if os.environ.get("ASYNCSAM_STREAM_POST", "1") == "0":
+        switch = os.environ.get("ASYNCSAM_STREAM_POST", "1")
+        if switch not in ("0", "1"):
+            raise ValueError(f"ASYNCSAM_STREAM_POST={switch!r} is not allowed: use 1 (the stream posts each step, "
+                             "the default) or 0 (the trainer synchronizes its stream before each post)")
+        if switch == "0":
             return False
         if self._require_mailbox().post_on_stream(device):
             self.stream_device = device
