@@ -7,8 +7,8 @@ sources: the first file that names a seed of a root wins), and reports each file
 median with its 95% bootstrap interval, and the same over the seeds that met a spare core.
 
 Commands:
-    python benchmarks/recipe_pool.py results/digits_recipe_bb_pooled_round14.json \
-        results/digits_recipe_bb_round15*.json --name digits_recipe_bb_pooled_round15
+    python benchmarks/recipe_pool.py benchmarks/results/digits_recipe_bb_pooled_round14.json \
+        benchmarks/results/digits_recipe_bb_round15*.json --name digits_recipe_bb_pooled_round15
 """
 
 from __future__ import annotations
