@@ -39,6 +39,17 @@ def test_every_step_logs_the_diagnostics(tmp_path) -> None:
     assert all(-1.0 <= float(r["asyncsam/cos_sim"]) <= 1.0 for r in later)
     assert all(float(r["asyncsam/ascent_grad_norm"]) > 0 for r in later)
     assert rows[0]["asyncsam/cos_sim"] == ""
+    # trainer.logged_metrics holds what reached the loggers, as Lightning's own log_metrics keeps it.
+    for name in METRICS:
+        assert t.logged_metrics[name] == pytest.approx(float(rows[-1][name]), rel=1e-6), name
+
+
+def test_without_a_logger_nothing_is_logged() -> None:
+    t = trainer(AsyncSAMStrategy(ascent_batch_size=4, ascent_threads=1), max_epochs=1, logger=False,
+                log_every_n_steps=1)
+    t.fit(TinyClassifier(), loader(make_data(n=16, dtype=torch.float32), 8))
+    assert "asyncsam/overhead_ms" in t.callback_metrics
+    assert not any(name.startswith("asyncsam/") for name in t.logged_metrics)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
