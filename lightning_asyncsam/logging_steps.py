@@ -107,19 +107,20 @@ def publish_metrics(trainer: "pl.Trainer", metrics: dict[str, float]) -> None:
         >>> trainer.callback_metrics["sam/skipped_ascents"]
         tensor(0.)
     """
+    connector = trainer._logger_connector
     loggers = trainer.loggers
     if loggers:
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         for logger in loggers:
             logger.log_metrics(metrics, step=step)
         # `trainer.logged_metrics`, as Lightning's own `log_metrics` keeps it: what reached the loggers, as numbers.
-        logged = getattr(trainer._logger_connector, "_logged_metrics", None)
+        logged = getattr(connector, "_logged_metrics", None)
         if logged is not None:
             logged.update(metrics)
     # The dict behind `trainer.callback_metrics`: reading that property first recomputes every value
     # that the LightningModule logged (about 0.1 ms a call here). One tensor, unbound into 0-dim
     # views, built from an array's buffer: torch.tensor() of a list costs twice as much mid-step.
-    callback_metrics = getattr(trainer._logger_connector, "_callback_metrics", None)
+    callback_metrics = getattr(connector, "_callback_metrics", None)
     if callback_metrics is None:  # pragma: no cover - a Lightning release that keeps them elsewhere
         callback_metrics = trainer.callback_metrics
     if metrics:
