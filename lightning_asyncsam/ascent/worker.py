@@ -127,7 +127,9 @@ the worker's own read of a lent batch, which left the perturbation the step's on
 So the steady state runs as few Python lines as it can (about 200 of this package's per step in 24
 calls, counted with ``sys.settrace``): loops over leaves and dtypes run in C (``map``), and the rare
 cases (a stale or held gradient, a wait, the start-up, a GPU stream that cannot post) live in methods of their
-own, off the common path.
+own, off the common path. tests/test_step_budget.py holds the path to that: it counts the bytecode
+instructions that this package's frames run in a steady step (1,127 on CPython 3.11, lookahead and
+wrappers included) and fails where the count grows with the parameters' or the batch's tensors.
 
 The worker's side of a step (:mod:`lightning_asyncsam.ascent.replica_io`) is as lean: one copy per
 dtype reads ``w_t`` into the replica's flat parameters, from the trainer's live buffers or the
