@@ -15,7 +15,7 @@ from torch.nn import functional as F
 import lightning as L
 from lightning_asyncsam import AsyncSAMStrategy
 from lightning_asyncsam.ascent import lent_batch
-from lightning_asyncsam.ascent import worker as worker_module
+from lightning_asyncsam.ascent import worker_process as worker_module  # where the worker process probes
 from lightning_asyncsam.ascent.buffers import BatchSlot
 from lightning_asyncsam.ascent.lent_batch import BatchPuller, LendingDesk
 from lightning_asyncsam.ascent.worker import AscentWorker
