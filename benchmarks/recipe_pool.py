@@ -9,6 +9,8 @@ median with its 95% bootstrap interval, and the same over the seeds that met a s
 Commands:
     python benchmarks/recipe_pool.py benchmarks/results/digits_recipe_bb_pooled_round14.json \
         benchmarks/results/digits_recipe_bb_round15*.json --name digits_recipe_bb_pooled_round15
+    python benchmarks/recipe_pool.py benchmarks/results/digits_recipe_bb_pooled_round15.json \
+        benchmarks/results/digits_recipe_bb_round16*.json --name digits_recipe_bb_pooled_round16   # a pool pooled again
 """
 
 from __future__ import annotations
@@ -29,19 +31,24 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
 def pooled(files: list[Path]) -> tuple[list[tuple[str, str, float, bool]], list[str]]:
     """((file, seed, epoch ratio, spare core) for each distinct seed, one line per file) of ``files``.
 
-    A seed is named by its root directory and number ("/tmp/s15/rp1/3"), which a pooled file gives
-    as the root's last name ("rp1/3"): a seed already taken is skipped.
+    A seed is named by its root directory and number ("/tmp/s15/rp1/3"), which a pooled file of
+    recipe_pairs.py gives as the root's last name ("rp1/3") and one of this script's in full: a seed
+    already taken is skipped.
     """
     seen: set[str] = set()
     seeds: list[tuple[str, str, float, bool]] = []
     lines: list[str] = []
     for path in files:
         data = json.loads(path.read_text())
-        roots = [r.split("'")[1] for r in data["config"]["roots"].split("PosixPath(")[1:]]
+        config = data["config"]
+        # A file of this script's own names its seeds in full already; recipe_pairs.py's, by its roots.
+        roots = [r.split("'")[1] for r in config["roots"].split("PosixPath(")[1:]] if "roots" in config else None
         spare = set(data["seeds_with_a_spare_core"])
         taken = 0
         for seed, ratio in zip(data["seeds"], data["epoch_ratio"]):
-            if len(roots) == 1:
+            if roots is None:
+                key = seed
+            elif len(roots) == 1:
                 key = f"{roots[0]}/{seed}"
             else:
                 name, _, number = seed.rpartition("/")

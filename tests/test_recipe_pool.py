@@ -60,3 +60,20 @@ def test_the_table_and_results_file(recipe_pool: ModuleType, tmp_path: Path, mon
     assert "| spare core | | | | 2 | **0.950**" in out
     assert written["name"] == "pooled_test"
     assert written["data"]["seeds_with_a_spare_core"] == ["/tmp/a/rp1/0", "/tmp/a/rp1/1"]  # type: ignore[index]
+
+
+def test_a_pool_of_pools(recipe_pool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results file of this script's own (seeds named in full, no roots) pools again with new runs."""
+    first = _results(tmp_path / "first.json", ["/tmp/a/rp1"], ["0", "1"], [1.0, 1.2], ["0"])
+    written: dict[str, object] = {}
+    monkeypatch.setattr(recipe_pool, "write_results", lambda name, data, table: written.update(data))
+    monkeypatch.setattr("sys.argv", ["recipe_pool.py", str(first), "--name", "pooled_test"])
+    recipe_pool.main()
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({**written, "environment": {"git_sha": "0123456789abcdef",
+                                                           "date": "2026-11-30T16:00:00+00:00"}}))
+    later = _results(tmp_path / "later.json", ["/tmp/b/rp2"], ["0"], [0.9], [])
+    seeds, lines = recipe_pool.pooled([pool, first, later])  # first's seeds are in the pool already
+    assert [key for _, key, _, _ in seeds] == ["/tmp/a/rp1/0", "/tmp/a/rp1/1", "/tmp/b/rp2/0"]
+    assert [spare for _, _, _, spare in seeds] == [True, False, False]
+    assert [line.split(" | ")[4] for line in lines] == ["2", "0", "1"]
