@@ -115,8 +115,9 @@ excluded, into running totals that only a logging step reads (its window is thei
 the last log: no other step keeps an account); benchmarks/overhead.py checks it against the
 difference to SGD, side by side, and benchmarks/worker_interference.py separates what the
 worker's activity costs the trainer. Measured on this project's 2-core VM (digits recipe, b = 32,
-``log_every_n_steps=10``): 0.080-0.125 ms per step over 12 interleaved repetitions, 2.4-2.9% of
-SGD's step (which took 3.2-4.6 ms; the eleventh to thirteenth rounds), the logging steps' share
+``log_every_n_steps=10``): 0.080-0.142 ms per step over 12 interleaved repetitions, 2.4-3.0% of
+SGD's step (which took 3.2-4.9 ms; the eleventh to sixteenth rounds; 2.8% pooled over the twelve
+runs of today's path, ``benchmarks/overhead_pool.py``), the logging steps' share
 included (0.16-0.26 ms each, four in an epoch of 45 steps: an epoch's last step logs only when the
 epoch has not, :func:`~lightning_asyncsam.logging_steps.logs_now`). The publishing writer is built
 once per worker (on a GPU, for one flat buffer, the tensor's own ``copy_`` bound to its source: no
