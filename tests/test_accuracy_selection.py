@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 
 def _selection():
-    """benchmarks/_selection.py, loaded by path: the benchmarks are scripts of the checkout, not a package."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_selection.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_selection", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("_selection")
 
 
 sel = _selection()

@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from fixtures_data import CPU_TEST_OVERRIDES, compose_train
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -215,15 +216,7 @@ def test_algorithm_rho_override_reaches_the_strategy(algorithm: str, tmp_path: P
 
 
 def _benchmarks_common() -> object:
-    """benchmarks/_common.py, loaded by path: the benchmarks are scripts of the checkout, not a package."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_common.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("_common")
 
 
 def test_benchmarks_build_their_strategies_from_these_configs() -> None:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture
-def recipe_pool(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The script, loaded by path (the benchmarks are scripts of the checkout, not a package)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("recipe_pool", BENCHMARKS / "recipe_pool.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def recipe_pool() -> ModuleType:
+    """The script, loaded by path."""
+    return load_benchmark("recipe_pool")
 
 
 def _results(path: Path, roots: list[str], seeds: list[str], ratios: list[float], spare: list[str]) -> Path:
