@@ -40,6 +40,7 @@ class OpcodeCounter(L.Callback):
     def __init__(self) -> None:
         self.counts: list[int] = []
         self._count = 0
+        self._outer = sys.gettrace()  # a coverage tool's or debugger's tracer: paused in a window, then restored
 
     def _trace(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
         if event == "call":
@@ -54,7 +55,7 @@ class OpcodeCounter(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        sys.settrace(None)
+        sys.settrace(self._outer)
         if 1 <= batch_idx < STEPS - 1 and trainer.current_epoch >= 1:
             self.counts.append(self._count)
         self._count = 0
@@ -62,7 +63,7 @@ class OpcodeCounter(L.Callback):
             sys.settrace(self._trace)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sys.settrace(None)
+        sys.settrace(self._outer)
 
 
 class Classifier(L.LightningModule):
